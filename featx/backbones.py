@@ -1,0 +1,576 @@
+"""The backbone registry: every ``keras.applications`` model, with its own preprocessing.
+
+Each :class:`BackboneSpec` is one row of a table: Keras name, the
+``keras.applications`` submodule whose ``preprocess_input`` belongs to it,
+default and minimum input size, and the embedding dimension of its last
+convolutional block. A :class:`KerasBackbone` takes its preprocessing from the
+spec and nowhere else, so a registry model cannot be paired with another
+family's preprocessing. User-built ``keras.Model`` objects and saved model files
+are accepted too; they bring their own preprocessing (identity by default).
+
+Importing this module does not import TensorFlow: the table is plain data and
+models are built on first use.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "KerasBackbone",
+    "get_spec",
+    "list_backbones",
+    "resolve_backbone",
+]
+
+POOLINGS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry: how to build a ``keras.applications`` model and feed it.
+
+    Attributes
+    ----------
+    name : str
+        The Keras name, e.g. ``"MobileNetV2"``.
+    module : str
+        The ``keras.applications`` submodule holding the family's ``preprocess_input``.
+    default_size : int
+        Input side length the ImageNet weights were trained at.
+    min_size : int
+        Smallest input side length the architecture accepts.
+    dim : int
+        Channels of the last convolutional block, i.e. the pooled embedding size.
+    """
+
+    name: str
+    module: str
+    default_size: int
+    min_size: int
+    dim: int
+
+    def constructor(self) -> Callable[..., Any]:
+        """The ``keras.applications`` constructor for this model."""
+        import keras
+
+        return getattr(keras.applications, self.name)
+
+    def preprocess_input(self) -> Callable[[Any], Any]:
+        """The family's own ``preprocess_input``: the only one this model is ever fed with."""
+        import keras
+
+        return getattr(keras.applications, self.module).preprocess_input
+
+
+def _specs(module: str, min_size: int, rows: list[tuple[str, int, int]]) -> list[BackboneSpec]:
+    return [BackboneSpec(name, module, size, min_size, dim) for name, size, dim in rows]
+
+
+_REGISTRY: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        *_specs("xception", 71, [("Xception", 299, 2048)]),
+        *_specs("vgg16", 32, [("VGG16", 224, 512)]),
+        *_specs("vgg19", 32, [("VGG19", 224, 512)]),
+        *_specs(
+            "resnet",
+            32,
+            [("ResNet50", 224, 2048), ("ResNet101", 224, 2048), ("ResNet152", 224, 2048)],
+        ),
+        *_specs(
+            "resnet_v2",
+            32,
+            [("ResNet50V2", 224, 2048), ("ResNet101V2", 224, 2048), ("ResNet152V2", 224, 2048)],
+        ),
+        *_specs("inception_v3", 75, [("InceptionV3", 299, 2048)]),
+        *_specs("inception_resnet_v2", 75, [("InceptionResNetV2", 299, 1536)]),
+        *_specs("mobilenet", 32, [("MobileNet", 224, 1024)]),
+        *_specs("mobilenet_v2", 32, [("MobileNetV2", 224, 1280)]),
+        *_specs(
+            "mobilenet_v3", 32, [("MobileNetV3Small", 224, 576), ("MobileNetV3Large", 224, 960)]
+        ),
+        *_specs(
+            "densenet",
+            32,
+            [("DenseNet121", 224, 1024), ("DenseNet169", 224, 1664), ("DenseNet201", 224, 1920)],
+        ),
+        *_specs("nasnet", 32, [("NASNetMobile", 224, 1056), ("NASNetLarge", 331, 4032)]),
+        *_specs(
+            "efficientnet",
+            32,
+            [
+                ("EfficientNetB0", 224, 1280),
+                ("EfficientNetB1", 240, 1280),
+                ("EfficientNetB2", 260, 1408),
+                ("EfficientNetB3", 300, 1536),
+                ("EfficientNetB4", 380, 1792),
+                ("EfficientNetB5", 456, 2048),
+                ("EfficientNetB6", 528, 2304),
+                ("EfficientNetB7", 600, 2560),
+            ],
+        ),
+        *_specs(
+            "efficientnet_v2",
+            32,
+            [
+                ("EfficientNetV2B0", 224, 1280),
+                ("EfficientNetV2B1", 240, 1280),
+                ("EfficientNetV2B2", 260, 1408),
+                ("EfficientNetV2B3", 300, 1536),
+                ("EfficientNetV2S", 384, 1280),
+                ("EfficientNetV2M", 480, 1280),
+                ("EfficientNetV2L", 480, 1280),
+            ],
+        ),
+        *_specs(
+            "convnext",
+            32,
+            [
+                ("ConvNeXtTiny", 224, 768),
+                ("ConvNeXtSmall", 224, 768),
+                ("ConvNeXtBase", 224, 1024),
+                ("ConvNeXtLarge", 224, 1536),
+                ("ConvNeXtXLarge", 224, 2048),
+            ],
+        ),
+    ]
+}
+
+
+def list_backbones() -> list[BackboneSpec]:
+    """All registry entries, sorted by name.
+
+    Examples
+    --------
+    >>> from featx.backbones import list_backbones
+    >>> [s.name for s in list_backbones()][:3]
+    ['ConvNeXtBase', 'ConvNeXtLarge', 'ConvNeXtSmall']
+    """
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Look up a registry entry by its Keras name.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing every known name and the closest matches.
+
+    Examples
+    --------
+    >>> from featx.backbones import get_spec
+    >>> get_spec("MobileNetV2").dim
+    1280
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        pass
+    by_lower = {n.lower(): n for n in _REGISTRY}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(by_lower[c]) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown backbone {name!r}. Expected one of: {', '.join(sorted(_REGISTRY))}.{hint}"
+    )
+
+
+def _sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _callable_identity(fn: Callable[..., Any]) -> str:
+    """A stable name for a preprocessing function, its source hash where the name is not enough."""
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return name
+    return f"{name}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+
+
+def _as_size(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(input_size, (int, np.integer)):
+        return int(input_size), int(input_size)
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 2:
+        raise ValueError(
+            f"input_size={input_size!r} is not understood. Expected an int (square) or "
+            "(height, width)."
+        )
+    return size  # type: ignore[return-value]
+
+
+class Backbone:
+    """What the extractor needs from a network.
+
+    A backbone has a fixed ``input_size`` (height, width), an embedding ``dim``, an
+    ``identity()`` dict covering everything about the network that changes its
+    output, and ``embed(batch)``, mapping a float32 batch of RGB images with values
+    in 0-255, shape ``(n, height, width, 3)``, to float32 embeddings ``(n, dim)``.
+    Subclass it to plug a non-Keras model (or a test double) into the extractor.
+    """
+
+    name: str = "backbone"
+    input_size: tuple[int, int]
+    dim: int
+
+    def identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class KerasBackbone(Backbone):
+    """A frozen Keras network, pooled, called in inference mode through one compiled function.
+
+    Parameters
+    ----------
+    model : str, BackboneSpec, keras.Model or path
+        A registry name, a spec, a built ``keras.Model``, or the path of a saved
+        ``.keras`` / ``.h5`` model.
+    weights : "imagenet", None or path
+        Registry models: ``"imagenet"`` (Keras' own download and cache), ``None``
+        (random initialisation, seeded by ``seed``) or a weights file. Custom models
+        keep their own weights unless a weights file path is given.
+    input_size : int or (height, width), optional
+        Defaults to the registry's default size, or the custom model's fixed input shape.
+    pooling : {"avg", "max"}
+        Global pooling over the spatial axes of the feature map.
+    layer : str, optional
+        Take this layer's output instead of the last convolutional block.
+    seed : int
+        Seed for ``weights=None``; it is part of the fingerprint.
+    preprocess : callable, optional
+        Custom models only: maps 0-255 float RGB tensors to the model's input range.
+        Registry models always use their family's ``preprocess_input``.
+    """
+
+    def __init__(
+        self,
+        model: str | BackboneSpec | Any,
+        *,
+        weights: str | os.PathLike | None = "imagenet",
+        input_size: int | tuple[int, int] | None = None,
+        pooling: str = "avg",
+        layer: str | None = None,
+        seed: int = 0,
+        preprocess: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is not supported. Expected one of {POOLINGS}.")
+        self.pooling = pooling
+        self.layer = layer
+        self.seed = int(seed)
+        self._model = None
+        self._functions: dict[tuple[int, ...], Any] = {}
+        self._spec: BackboneSpec | None = None
+        self._saved_model_path: str | None = None
+
+        if isinstance(model, str) and _looks_like_model_file(model):
+            model = Path(model)
+        if isinstance(model, (str, BackboneSpec)):
+            self._init_registry(
+                get_spec(model) if isinstance(model, str) else model,
+                weights,
+                input_size,
+                preprocess,
+            )
+        elif isinstance(model, os.PathLike):
+            self._init_saved(Path(model), weights, input_size, preprocess)
+        else:
+            self._init_custom(model, weights, input_size, preprocess)
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _init_registry(self, spec, weights, input_size, preprocess) -> None:
+        if preprocess is not None:
+            raise ValueError(
+                f"preprocess= was given for the registry backbone {spec.name!r}. Registry "
+                f"backbones always use their own family's preprocess_input "
+                f"(keras.applications.{spec.module}.preprocess_input); drop preprocess=, or "
+                "pass your own keras.Model to use custom preprocessing."
+            )
+        self._spec = spec
+        self.name = spec.name
+        self.input_size = _as_size(input_size or spec.default_size)
+        if min(self.input_size) < spec.min_size:
+            raise ValueError(
+                f"input_size={self.input_size} is too small for {spec.name}: it needs at least "
+                f"{spec.min_size}x{spec.min_size}. Pass input_size>={spec.min_size} "
+                f"(default {spec.default_size})."
+            )
+        self._preprocess = None  # the spec's own, resolved when compiling
+        self._preprocess_id = f"keras.applications.{spec.module}.preprocess_input"
+        self._architecture = spec.name
+        if weights is None:
+            self._weights_arg = None
+            self._weights_id = (
+                f"random:seed={self.seed}:keras-{_version('keras')}:tf-{_version('tensorflow')}"
+            )
+        elif weights == "imagenet":
+            self._weights_arg = "imagenet"
+            self._weights_id = f"imagenet:keras-{_version('keras')}"
+        else:
+            path = _existing_file(weights, "weights")
+            self._weights_arg = str(path)
+            self._weights_id = f"file:sha256={_sha256_file(path)}"
+        # Registry dims are static; a layer changes them, so that case is read off the model.
+        self._dim = None if self.layer else spec.dim
+
+    def _init_saved(self, path: Path, weights, input_size, preprocess) -> None:
+        path = _existing_file(path, "backbone")
+        self._saved_model_path = str(path)
+        self.name = path.name
+        self._architecture = f"saved:sha256={_sha256_file(path)}"
+        self._init_custom_common(weights, input_size, preprocess, model=None)
+
+    def _init_custom(self, model, weights, input_size, preprocess) -> None:
+        import keras
+
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                f"backbone={model!r} is not understood. Expected a registry name (see "
+                "`featx backbones`), a keras.Model, or the path of a .keras/.h5 model file."
+            )
+        self._model_obj = model
+        self.name = model.name
+        try:
+            arch = model.to_json()
+        except Exception:  # subclassed models may not serialise; shapes still identify them
+            arch = json.dumps([type(model).__qualname__, [list(w.shape) for w in model.weights]])
+        self._architecture = f"custom:sha256={hashlib.sha256(arch.encode()).hexdigest()}"
+        self._init_custom_common(weights, input_size, preprocess, model=model)
+
+    def _init_custom_common(self, weights, input_size, preprocess, model) -> None:
+        if weights is None:
+            raise ValueError(
+                "weights=None (seeded random initialisation) applies to registry backbones "
+                "only. Initialise your own model as you want it, and leave weights at its "
+                "default or pass a weights file."
+            )
+        self._weights_arg = (
+            None if weights == "imagenet" else str(_existing_file(weights, "weights"))
+        )
+        self._preprocess = preprocess or _identity
+        self._preprocess_id = "identity" if preprocess is None else _callable_identity(preprocess)
+        self._dim = None
+        if model is not None:
+            self._model = self._finish(model)
+            self._weights_id = self._weights_value_hash()
+        else:
+            self._weights_id = (
+                "saved" if self._weights_arg is None else f"file:sha256={_sha256_file(weights)}"
+            )
+        if input_size is None:
+            built = self.model
+            shape = tuple(built.input_shape[1:3])
+            if None in shape:
+                raise ValueError(
+                    f"The model {self.name!r} accepts any input size {built.input_shape}; "
+                    "pass input_size= to choose one."
+                )
+            input_size = shape
+        self.input_size = _as_size(input_size)
+
+    def _finish(self, base):
+        """Freeze, load custom weights, and cut at ``layer``."""
+        import keras
+
+        if self._spec is None and self._weights_arg is not None:
+            by_name = self._weights_arg.endswith(".h5") and not self._weights_arg.endswith(
+                ".weights.h5"
+            )
+            base.load_weights(self._weights_arg, **({"by_name": True} if by_name else {}))
+        base.trainable = False
+        if self.layer is None:
+            return base
+        try:
+            output = base.get_layer(self.layer).output
+        except ValueError:
+            names = [lyr.name for lyr in base.layers]
+            close = difflib.get_close_matches(self.layer, names, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"layer={self.layer!r} is not a layer of {self.name}. It has {len(names)} "
+                f"layers, from {names[0]!r} to {names[-1]!r} (list them with "
+                f"`model.summary()`).{hint}"
+            ) from None
+        cut = keras.Model(base.inputs, output, name=f"{base.name}_{self.layer}")
+        cut.trainable = False
+        return cut
+
+    @property
+    def model(self):
+        """The frozen ``keras.Model`` (built on first access)."""
+        if self._model is None:
+            self._model = self._finish(self._build())
+        return self._model
+
+    def _build(self):
+        import keras
+
+        _require_tensorflow_backend()
+        if self._saved_model_path is not None:
+            return keras.models.load_model(self._saved_model_path, compile=False)
+        ctor = self._spec.constructor()
+        shape = (*self.input_size, 3)
+        if self._weights_arg is None:
+            # Seed Keras' initialisers, then put Python's and NumPy's global RNGs back as
+            # they were, so building a baseline does not reseed the user's program.
+            py_state, np_state = random.getstate(), np.random.get_state()
+            keras.utils.set_random_seed(self.seed)
+            try:
+                return ctor(include_top=False, weights=None, input_shape=shape)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        return ctor(include_top=False, weights=self._weights_arg, input_shape=shape)
+
+    def _weights_value_hash(self) -> str:
+        digest = hashlib.sha256()
+        for w in self._model.weights:
+            digest.update(np.ascontiguousarray(np.asarray(w)).tobytes())
+        return f"values:sha256={digest.hexdigest()}"
+
+    # -- the Backbone interface ---------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            shape = self.model.output_shape
+            if isinstance(shape, list):
+                raise ValueError(
+                    f"{self.name} has {len(shape)} outputs; featx needs one feature map. "
+                    "Pass layer= to choose one."
+                )
+            self._dim = int(shape[-1])
+        return self._dim
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "architecture": self._architecture,
+            "weights": self._weights_id,
+            "input_size": list(self.input_size),
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "preprocess": self._preprocess_id,
+            "dtype": "float32",
+        }
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        fn = self._functions.get(batch.shape)
+        if fn is None:
+            fn = self._functions[batch.shape] = self._compile(batch.shape)
+        return fn(batch).numpy()
+
+    def _compile(self, shape: tuple[int, ...]):
+        import tensorflow as tf
+
+        model, pooling = self.model, self.pooling
+        preprocess = self._spec.preprocess_input() if self._spec else self._preprocess
+
+        # One traced function per batch shape: the extractor pads every batch to the same
+        # shape, so an image's embedding does not depend on its neighbours (exact resumes).
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], reduce_retracing=False)
+        def embed(images):
+            features = model(preprocess(images), training=False)
+            if len(features.shape) > 2:
+                axes = list(range(1, len(features.shape) - 1))
+                reduce = tf.reduce_mean if pooling == "avg" else tf.reduce_max
+                features = reduce(features, axis=axes)
+            return tf.cast(features, tf.float32)
+
+        return embed
+
+
+def _identity(x):
+    return x
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _looks_like_model_file(name: str) -> bool:
+    return name.endswith((".keras", ".h5")) or os.sep in name
+
+
+def _existing_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{what}={str(path)!r} is not an existing file. Expected "
+            + (
+                "'imagenet', None, or the path of a weights file."
+                if what == "weights"
+                else "a registry name (see `featx backbones`) or a .keras/.h5 model file."
+            )
+        )
+    return p
+
+
+def _require_tensorflow_backend() -> None:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"featx runs Keras on TensorFlow, but the Keras backend is {backend!r}. "
+            "Set KERAS_BACKEND=tensorflow before importing keras."
+        )
+
+
+def resolve_backbone(
+    backbone: str | Backbone | Any,
+    *,
+    weights: str | os.PathLike | None = "imagenet",
+    input_size: int | tuple[int, int] | None = None,
+    pooling: str = "avg",
+    layer: str | None = None,
+    seed: int = 0,
+    preprocess: Callable[[Any], Any] | None = None,
+) -> Backbone:
+    """Turn whatever the user passed as ``backbone`` into a :class:`Backbone`.
+
+    Examples
+    --------
+    >>> from featx.backbones import resolve_backbone
+    >>> b = resolve_backbone("MobileNetV2", weights=None, input_size=96)
+    >>> b.input_size, b.dim
+    ((96, 96), 1280)
+    """
+    if isinstance(backbone, Backbone):
+        return backbone
+    return KerasBackbone(
+        backbone,
+        weights=weights,
+        input_size=input_size,
+        pooling=pooling,
+        layer=layer,
+        seed=seed,
+        preprocess=preprocess,
+    )

@@ -1,0 +1,197 @@
+"""Image decoding and resizing: from bytes, arrays or PIL images to fixed-size RGB arrays.
+
+The policy, in the order it is applied:
+
+1. **Size limit.** Images above ``MAX_PIXELS`` (default 100 megapixels, about
+   300 MB of RGB pixels) are refused from their header alone, before any pixel
+   is decoded, so a decompression bomb cannot exhaust memory.
+2. **JPEG draft.** A JPEG much larger than the target is decoded at a reduced
+   DCT scale (1/2, 1/4 or 1/8) that still leaves both sides at least as large
+   as the target's larger side. This is libjpeg's own scaling: faster, and a
+   good low-pass filter before the final resize.
+3. **EXIF orientation** is applied, so a rotated phone photo embeds as upright.
+4. **Animated images** (GIF, WebP, APNG) use their first frame.
+5. **Colour.** Grayscale and palette images become RGB; CMYK is converted by
+   Pillow's JPEG/TIFF handling; 16-bit images are scaled to 8 bits (divide by
+   257); images with transparency (RGBA, LA, palette with a transparent colour)
+   are composited on ``background`` (default white, 255, 255, 255).
+6. **Resize** to the target (height, width) with Pillow's antialiased bilinear
+   filter, by one of two documented policies:
+
+   - ``"stretch"`` (default): the whole image is resized to the target, changing
+     the aspect ratio if needed (what ``keras.utils.load_img(target_size=...)``
+     and ``image_dataset_from_directory`` do);
+   - ``"center_crop"``: the shorter side is resized to the target, then the
+     centre is cropped (keeps the aspect ratio, loses the borders).
+
+Numbers in ``DECODER_VERSION`` change whenever this policy changes in a way that
+changes pixels; it is part of every cache fingerprint.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["DECODER_VERSION", "MAX_PIXELS", "RESIZE_POLICIES", "DecodeError", "decode", "to_rgb"]
+
+DECODER_VERSION = 1
+MAX_PIXELS = 100_000_000
+RESIZE_POLICIES = ("stretch", "center_crop")
+WHITE = (255, 255, 255)
+
+
+class DecodeError(ValueError):
+    """An input that cannot be turned into an image, with the reason why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f'Cannot decode {name}: {reason}. Pass on_error="skip" to continue without it.'
+        )
+
+
+def decode(
+    data: bytes,
+    size: tuple[int, int],
+    *,
+    resize: str = "stretch",
+    background: tuple[int, int, int] = WHITE,
+    name: str = "image",
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Decode encoded image bytes to a ``(height, width, 3)`` uint8 RGB array of ``size``.
+
+    Raises
+    ------
+    DecodeError
+        For empty, unrecognised, truncated, corrupt or oversized data.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> from featx.images import decode
+    >>> buf = io.BytesIO(); Image.new("L", (40, 30), 128).save(buf, "PNG")
+    >>> decode(buf.getvalue(), (16, 16)).shape
+    (16, 16, 3)
+    """
+    if not data:
+        raise DecodeError(name, "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    name,
+                    f"{width}x{height} is {width * height / 1e6:.0f} megapixels, above featx's "
+                    f"limit of {max_pixels / 1e6:.0f} megapixels (featx.images.MAX_PIXELS)",
+                )
+            if img.format == "JPEG":
+                side = max(size)
+                img.draft(img.mode, (side, side))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = to_rgb(img, background)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError(
+            name, f"not a recognised image format ({len(data):,} bytes starting {data[:8]!r})"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(name, f"refused as a decompression bomb ({exc})") from None
+    except OSError as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = f"{reason} (the file has {len(data):,} bytes)"
+        raise DecodeError(name, reason) from None
+    except (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError) as exc:
+        # Pillow's plugins raise all of these on malformed headers.
+        raise DecodeError(name, f"corrupt image data ({type(exc).__name__}: {exc})") from None
+    return resize_rgb(rgb, size, resize)
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (first frame; transparency on ``background``)."""
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        high = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(np.round(arr * (255.0 / high)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "F":
+        arr = np.clip(np.round(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if (mode == "P" and "transparency" in img.info) or mode == "PA":
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def resize_rgb(img: Image.Image, size: tuple[int, int], policy: str = "stretch") -> np.ndarray:
+    """Resize an RGB image to ``size`` = (height, width) by ``policy``; return uint8 HWC."""
+    return np.asarray(_resize(img, size, policy), dtype=np.uint8)
+
+
+def _resize(img: Image.Image, size: tuple[int, int], policy: str) -> Image.Image:
+    """Resize any Pillow image (RGB or a float "F" channel) by one of ``RESIZE_POLICIES``."""
+    height, width = size
+    if policy == "stretch":
+        if img.size == (width, height):
+            return img
+        return img.resize((width, height), Image.Resampling.BILINEAR)
+    if policy != "center_crop":
+        raise ValueError(f"resize={policy!r} is not supported. Expected one of {RESIZE_POLICIES}.")
+    w, h = img.size
+    scale = max(width / w, height / h)
+    left = (w * scale - width) / 2
+    top = (h * scale - height) / 2
+    # Resize and crop in one resampling pass: the box is in source coordinates.
+    box = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
+    return img.resize((width, height), Image.Resampling.BILINEAR, box=box)
+
+
+def array_to_rgb(
+    image: np.ndarray, size: tuple[int, int], *, resize: str = "stretch", name: str = "array"
+) -> np.ndarray:
+    """Resize one ``(H, W, 3)`` (or ``(H, W)``) array, uint8 or float in 0-255, to ``size``.
+
+    Float images stay float (no rounding to 8 bits) when they already have the target
+    size; otherwise each channel is resized in floating point.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise DecodeError(name, f"an image array must be (H, W, 3); got shape {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        raise DecodeError(name, "RGBA arrays are ambiguous; composite the alpha channel first")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DecodeError(name, "the array holds NaN or infinite values")
+    if arr.dtype == np.uint8:
+        return resize_rgb(Image.fromarray(arr, "RGB"), size, resize)
+    if arr.dtype.kind not in "fiu":
+        raise DecodeError(name, f"unsupported array dtype {arr.dtype}; expected uint8 or float")
+    arr = arr.astype(np.float32)
+    if arr.shape[:2] == tuple(size):
+        return arr
+    channels = [
+        np.asarray(_resize(Image.fromarray(arr[:, :, c], "F"), size, resize)) for c in range(3)
+    ]
+    return np.stack(channels, axis=2).astype(np.float32)

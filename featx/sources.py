@@ -1,0 +1,240 @@
+"""Image sources: what ``Extractor.extract`` accepts, resolved into one flat list of inputs.
+
+Accepted sources:
+
+- a class-per-folder directory: each non-hidden subfolder is a class (sorted by
+  name, as ``keras.utils.image_dataset_from_directory`` does), searched
+  recursively (symlinks followed, loops detected); a folder without
+  subfolders gives unlabelled images;
+- a single image file path;
+- a list of file paths (``str`` or ``os.PathLike``);
+- a pandas DataFrame with a path column (``path_column``, default ``"path"``)
+  and an optional label column (``label_column``, default ``"label"`` if present);
+- a numpy array of images ``(N, H, W, 3)``, uint8 or float in 0-255 (the range
+  ``keras.utils.img_to_array`` gives);
+- a list of PIL images.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "resolve_source"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class ImageSet:
+    """A resolved source: inputs in a fixed order, with their labels where known.
+
+    ``inputs`` holds file paths (``str``), image arrays or PIL images; ``names`` the
+    text used for each in messages; ``y`` integer labels indexing ``classes``.
+    """
+
+    inputs: list[Any]
+    names: list[str]
+    y: np.ndarray | None = None
+    classes: list[str] | None = None
+
+    @property
+    def are_files(self) -> bool:
+        return bool(self.inputs) and isinstance(self.inputs[0], str)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def resolve_source(
+    source: Any,
+    *,
+    labels: Sequence[Any] | None = None,
+    path_column: str = "path",
+    label_column: str | None = None,
+) -> ImageSet:
+    """Resolve any accepted source into an :class:`ImageSet`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.sources import resolve_source
+    >>> s = resolve_source(np.zeros((2, 8, 8, 3), np.uint8), labels=["a", "b"])
+    >>> len(s), s.classes, s.y.tolist()
+    (2, ['a', 'b'], [0, 1])
+    """
+    image_set = _resolve(source, path_column, label_column)
+    if labels is not None:
+        if image_set.y is not None:
+            raise ValueError(
+                "labels= was given, but the source already has labels (class folders or a "
+                "label column). Pass one or the other."
+            )
+        labels = list(labels)
+        if len(labels) != len(image_set):
+            raise ValueError(
+                f"labels has {len(labels)} entries for {len(image_set)} images; they must match."
+            )
+        image_set.y, image_set.classes = _encode_labels(labels)
+    if not image_set.inputs:
+        raise ValueError(f"The source {_describe(source)} holds no images.")
+    return image_set
+
+
+def _resolve(source: Any, path_column: str, label_column: str | None) -> ImageSet:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            return _from_directory(path)
+        if path.is_file():
+            return ImageSet([str(path)], [str(path)])
+        raise FileNotFoundError(f"The source {str(source)!r} is neither a folder nor a file.")
+    if _is_dataframe(source):
+        return _from_dataframe(source, path_column, label_column)
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (list, tuple)):
+        return _from_list(list(source))
+    raise TypeError(
+        f"The source {_describe(source)} is not understood. Expected a folder, a file path, "
+        "a list of paths, a pandas DataFrame, an (N, H, W, 3) array, or a list of PIL images."
+    )
+
+
+def _from_directory(root: Path) -> ImageSet:
+    subdirs = sorted(
+        entry.name
+        for entry in os.scandir(root)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    if not subdirs:
+        files = _walk_images(root)
+        if not files:
+            raise ValueError(_no_images(root))
+        return ImageSet(files, list(files))
+    loose = [p for p in _list_images(root)]
+    if loose:
+        warnings.warn(
+            f"{len(loose)} image(s) directly in {str(root)!r} are ignored because it has class "
+            f"subfolders ({', '.join(subdirs[:5])}{', ...' if len(subdirs) > 5 else ''}).",
+            stacklevel=4,
+        )
+    files, y = [], []
+    for index, name in enumerate(subdirs):
+        found = _walk_images(root / name)
+        files.extend(found)
+        y.extend([index] * len(found))
+    if not files:
+        raise ValueError(_no_images(root))
+    return ImageSet(files, list(files), np.asarray(y, dtype=np.int64), subdirs)
+
+
+def _walk_images(folder: Path) -> list[str]:
+    """Image files under ``folder``, sorted, following symlinks but never the same folder twice."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop, or two links to one folder
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(
+            os.path.join(dirpath, f)
+            for f in sorted(filenames)
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    return found
+
+
+def _list_images(folder: Path) -> list[str]:
+    return sorted(
+        entry.path
+        for entry in os.scandir(folder)
+        if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
+def _no_images(root: Path) -> str:
+    return (
+        f"No images found in {str(root)!r}: looked for {', '.join(IMAGE_EXTENSIONS)} files in "
+        "it and in its class subfolders. Expected root/<class>/<image> or root/<image>."
+    )
+
+
+def _from_dataframe(df: Any, path_column: str, label_column: str | None) -> ImageSet:
+    if path_column not in df.columns:
+        raise ValueError(
+            f"The DataFrame has no path column {path_column!r}; its columns are "
+            f"{list(df.columns)}. Pass path_column= to name the one holding image paths."
+        )
+    if label_column is not None and label_column not in df.columns:
+        raise ValueError(
+            f"The DataFrame has no label column {label_column!r}; its columns are "
+            f"{list(df.columns)}."
+        )
+    if label_column is None and "label" in df.columns:
+        label_column = "label"
+    paths = [os.fspath(p) for p in df[path_column].tolist()]
+    image_set = ImageSet(paths, list(paths))
+    if label_column is not None:
+        image_set.y, image_set.classes = _encode_labels(df[label_column].tolist())
+    return image_set
+
+
+def _from_array(array: np.ndarray) -> ImageSet:
+    if array.ndim == 3:  # (N, H, W) grayscale
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"An image array must have shape (N, H, W, 3) (or (N, H, W) for grayscale); got "
+            f"{array.shape}."
+        )
+    if array.dtype != np.uint8 and array.dtype.kind == "f" and array.size and array.max() <= 1.0:
+        warnings.warn(
+            "The float image array has all values in [0, 1]; featx expects 0-255 (as "
+            "keras.utils.img_to_array gives). Multiply by 255 if these are unit-scaled images.",
+            stacklevel=4,
+        )
+    return ImageSet(list(array), [f"array[{i}]" for i in range(len(array))])
+
+
+def _from_list(items: list[Any]) -> ImageSet:
+    if not items:
+        return ImageSet([], [])
+    from PIL import Image
+
+    if all(isinstance(i, (str, os.PathLike)) for i in items):
+        paths = [os.fspath(i) for i in items]
+        return ImageSet(paths, list(paths))
+    if all(isinstance(i, Image.Image) for i in items):
+        return ImageSet(items, [f"image[{i}]" for i in range(len(items))])
+    if all(isinstance(i, np.ndarray) for i in items):
+        return ImageSet(items, [f"array[{i}]" for i in range(len(items))])
+    kinds = sorted({type(i).__name__ for i in items})
+    raise TypeError(
+        f"The list mixes {', '.join(kinds)}. Expected a list of file paths, of PIL images, or "
+        "of arrays, all of one kind."
+    )
+
+
+def _encode_labels(labels: list[Any]) -> tuple[np.ndarray, list[str]]:
+    values = sorted(set(labels), key=lambda v: (str(type(v)), v))
+    index = {v: i for i, v in enumerate(values)}
+    return np.asarray([index[v] for v in labels], dtype=np.int64), [str(v) for v in values]
+
+
+def _is_dataframe(obj: Any) -> bool:
+    return type(obj).__name__ == "DataFrame" and hasattr(obj, "columns")
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) < 80 else f"{type(obj).__name__} {text[:60]}..."
