@@ -355,10 +355,7 @@ class KerasBackbone(Backbone):
             )
         self._model_obj = model
         self.name = model.name
-        try:
-            arch = model.to_json()
-        except Exception:  # subclassed models may not serialise; shapes still identify them
-            arch = json.dumps([type(model).__qualname__, [list(w.shape) for w in model.weights]])
+        arch = _architecture_signature(model)
         self._architecture = f"custom:sha256={hashlib.sha256(arch.encode()).hexdigest()}"
         self._init_custom_common(weights, input_size, preprocess, model=model)
 
@@ -502,6 +499,36 @@ class KerasBackbone(Backbone):
             return tf.cast(features, tf.float32)
 
         return embed
+
+
+# Config keys that do not change what a frozen network computes: names, and the trainable
+# flag featx itself turns off.
+_NOT_COMPUTATION = ("name", "trainable")
+
+
+def _architecture_signature(model) -> str:
+    """Layer types, their configs and weight shapes, in order, without layer names.
+
+    Keras numbers auto-generated names per process (``conv2d_3``), so names would give
+    the same network a new fingerprint each time it is rebuilt. Together with the hash
+    of the weight values, this identifies the computation.
+    """
+
+    def strip_names(value):
+        if isinstance(value, dict):
+            return {k: strip_names(v) for k, v in value.items() if k not in _NOT_COMPUTATION}
+        if isinstance(value, (list, tuple)):
+            return [strip_names(v) for v in value]
+        return value
+
+    layers = []
+    for layer in model.layers:
+        try:
+            config = strip_names(layer.get_config())
+        except Exception:  # layers of subclassed models need not implement get_config
+            config = None
+        layers.append([type(layer).__qualname__, config, [list(w.shape) for w in layer.weights]])
+    return json.dumps(layers, sort_keys=True, default=repr)
 
 
 def _identity(x):

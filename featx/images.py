@@ -31,7 +31,7 @@ changes pixels; it is part of every cache fingerprint.
 from __future__ import annotations
 
 import io
-import warnings
+import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -82,40 +82,79 @@ def decode(
     """
     if not data:
         raise DecodeError(name, "the file is empty (0 bytes)")
+    # No warnings.catch_warnings() here: it swaps the process-wide filter list, which is
+    # not thread-safe, and decode() runs in worker threads. Pillow's own bomb check
+    # (DecompressionBombError above 2 * PIL.Image.MAX_IMAGE_PIXELS) stays a backstop.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise DecodeError(
-                    name,
-                    f"{width}x{height} is {width * height / 1e6:.0f} megapixels, above featx's "
-                    f"limit of {max_pixels / 1e6:.0f} megapixels (featx.images.MAX_PIXELS)",
-                )
-            if img.format == "JPEG":
-                side = max(size)
-                img.draft(img.mode, (side, side))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = to_rgb(img, background)
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise DecodeError(name, _too_large(f"{width}x{height}", width * height, max_pixels))
+        if img.format == "JPEG":
+            side = max(size)
+            img.draft(img.mode, (side, side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb = to_rgb(img, background)
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError(
-            name, f"not a recognised image format ({len(data):,} bytes starting {data[:8]!r})"
-        ) from None
+        raise DecodeError(name, _unidentified(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(name, f"refused as a decompression bomb ({exc})") from None
+        # Raised (or turned into an error by the caller's filters) from the header alone.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else 0
+        if pixels > max_pixels:
+            raise DecodeError(name, _too_large("the image", pixels, max_pixels)) from None
+        reason = f"above Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): {exc}"
+        raise DecodeError(name, reason) from None
     except OSError as exc:
         reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             reason = f"{reason} (the file has {len(data):,} bytes)"
         raise DecodeError(name, reason) from None
-    except (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError) as exc:
-        # Pillow's plugins raise all of these on malformed headers.
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Pillow's plugins raise many types on malformed data (ValueError, SyntaxError,
+        # EOFError, struct.error, NotImplementedError, RuntimeError, OverflowError, ...):
+        # any of them means this input cannot be decoded, never that the run must stop.
         raise DecodeError(name, f"corrupt image data ({type(exc).__name__}: {exc})") from None
     return resize_rgb(rgb, size, resize)
+
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _unidentified(data: bytes) -> str:
+    """Why Pillow could not identify ``data``: a known format with a broken header, or not."""
+    fmt = next((f for sig, f in _SIGNATURES if data.startswith(sig)), None)
+    if fmt is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        fmt = "WEBP"
+    if fmt is None:
+        return f"not a recognised image format ({len(data):,} bytes starting {data[:8]!r})"
+    detail = ""
+    try:  # Image.open() hides the plugin's own error; ask the plugin directly.
+        Image.init()
+        Image.OPEN[fmt][0](io.BytesIO(data))
+    except Exception as exc:
+        detail = f" ({type(exc).__name__}: {exc})" if str(exc) else f" ({type(exc).__name__})"
+    return f"starts like a {fmt} file but its header is corrupt{detail}"
+
+
+def _too_large(what: str, pixels: int, limit: int) -> str:
+    return (
+        f"{what} is {pixels / 1e6:.0f} megapixels, above featx's limit of {limit / 1e6:.0f} "
+        "megapixels (featx.images.MAX_PIXELS); refused from the header, before decoding"
+    )
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:

@@ -18,6 +18,7 @@ Accepted sources:
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,10 +121,9 @@ def _from_directory(root: Path) -> ImageSet:
         return ImageSet(files, list(files))
     loose = [p for p in _list_images(root)]
     if loose:
-        warnings.warn(
+        _warn(
             f"{len(loose)} image(s) directly in {str(root)!r} are ignored because it has class "
             f"subfolders ({', '.join(subdirs[:5])}{', ...' if len(subdirs) > 5 else ''}).",
-            stacklevel=4,
         )
     files, y = [], []
     for index, name in enumerate(subdirs):
@@ -182,6 +182,12 @@ def _from_dataframe(df: Any, path_column: str, label_column: str | None) -> Imag
         )
     if label_column is None and "label" in df.columns:
         label_column = "label"
+    missing = df[path_column].isna().to_numpy()
+    if missing.any():
+        raise ValueError(
+            f"The DataFrame's path column {path_column!r} has {int(missing.sum())} missing "
+            f"value(s), the first at index {df.index[missing][0]!r}. Drop those rows first."
+        )
     paths = [os.fspath(p) for p in df[path_column].tolist()]
     image_set = ImageSet(paths, list(paths))
     if label_column is not None:
@@ -190,6 +196,11 @@ def _from_dataframe(df: Any, path_column: str, label_column: str | None) -> Imag
 
 
 def _from_array(array: np.ndarray) -> ImageSet:
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        raise ValueError(
+            f"The array has shape {array.shape}, which looks like one image, not a batch. "
+            "Pass an (N, H, W, 3) array: array[None] for a single image."
+        )
     if array.ndim == 3:  # (N, H, W) grayscale
         array = array[..., None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3):
@@ -198,10 +209,9 @@ def _from_array(array: np.ndarray) -> ImageSet:
             f"{array.shape}."
         )
     if array.dtype != np.uint8 and array.dtype.kind == "f" and array.size and array.max() <= 1.0:
-        warnings.warn(
+        _warn(
             "The float image array has all values in [0, 1]; featx expects 0-255 (as "
             "keras.utils.img_to_array gives). Multiply by 255 if these are unit-scaled images.",
-            stacklevel=4,
         )
     return ImageSet(list(array), [f"array[{i}]" for i in range(len(array))])
 
@@ -219,9 +229,10 @@ def _from_list(items: list[Any]) -> ImageSet:
     if all(isinstance(i, np.ndarray) for i in items):
         return ImageSet(items, [f"array[{i}]" for i in range(len(items))])
     kinds = sorted({type(i).__name__ for i in items})
+    what = f"mixes {', '.join(kinds)}" if len(kinds) > 1 else f"holds {kinds[0]} items"
     raise TypeError(
-        f"The list mixes {', '.join(kinds)}. Expected a list of file paths, of PIL images, or "
-        "of arrays, all of one kind."
+        f"The list {what}. Expected a list of file paths (str or pathlib.Path), of PIL "
+        "images, or of arrays, all of one kind."
     )
 
 
@@ -238,3 +249,12 @@ def _is_dataframe(obj: Any) -> bool:
 def _describe(obj: Any) -> str:
     text = repr(obj)
     return text if len(text) < 80 else f"{type(obj).__name__} {text[:60]}..."
+
+
+def _warn(message: str) -> None:
+    """Warn at the first caller outside featx, so the warning points at the user's own line."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)

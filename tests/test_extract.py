@@ -1,0 +1,218 @@
+"""The extractor and its cache: each image computed once, nothing stale reused."""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+
+import numpy as np
+import pytest
+from conftest import CountingBackbone, random_image
+
+from featx import Embeddings, Extractor
+
+
+def _extractor(backbone, cache_dir, **params) -> Extractor:
+    return Extractor(backbone, cache_dir=cache_dir, verbose=False, batch_size=4, **params)
+
+
+def test_second_run_computes_nothing_and_returns_the_same(image_folder, tmp_path):
+    backbone = CountingBackbone()
+    first = _extractor(backbone, tmp_path / "c").extract(image_folder)
+    assert len(backbone.seen) == 12
+    assert (first.cache_misses, first.cache_hits) == (12, 0)
+
+    second = _extractor(backbone, tmp_path / "c").extract(image_folder)
+    assert len(backbone.seen) == 12
+    assert (second.cache_misses, second.cache_hits) == (0, 12)
+    np.testing.assert_array_equal(first.X, second.X)
+    assert first.paths == second.paths
+    np.testing.assert_array_equal(first.y, second.y)
+
+
+def test_one_new_image_computes_exactly_one(image_folder, tmp_path):
+    backbone = CountingBackbone()
+    _extractor(backbone, tmp_path / "c").extract(image_folder)
+    random_image(999).save(image_folder / "dog" / "new.png")
+    result = _extractor(backbone, tmp_path / "c").extract(image_folder)
+    assert len(backbone.seen) == 13
+    assert (result.cache_misses, result.cache_hits) == (1, 12)
+    assert len(result) == 13
+
+
+def test_duplicate_content_is_computed_once(tmp_path):
+    path = tmp_path / "a.png"
+    random_image(1).save(path)
+    copy = tmp_path / "b.png"
+    copy.write_bytes(path.read_bytes())
+    backbone = CountingBackbone()
+    result = _extractor(backbone, None).extract([str(path), str(copy), str(path)])
+    assert len(backbone.seen) == 1
+    assert len(result) == 3
+    np.testing.assert_array_equal(result.X[0], result.X[1])
+
+
+def test_disabled_cache_uses_the_same_path_and_recomputes(image_folder):
+    backbone = CountingBackbone()
+    a = _extractor(backbone, None).extract(image_folder)
+    b = _extractor(backbone, None).extract(image_folder)
+    assert len(backbone.seen) == 24
+    np.testing.assert_array_equal(a.X, b.X)
+    assert a.cache_hits == b.cache_hits == 0
+
+
+def test_image_modified_in_place_is_embedded_again(image_folder, tmp_path):
+    backbone = CountingBackbone()
+    before = _extractor(backbone, tmp_path / "c").extract(image_folder)
+    target = image_folder / "cat" / "01.png"
+    random_image(12345).save(target)
+    after = _extractor(backbone, tmp_path / "c").extract(image_folder)
+    assert after.cache_misses == 1
+    row = after.paths.index(str(target))
+    assert not np.array_equal(before.X[row], after.X[row])
+
+
+def test_cache_dir_auto_follows_the_environment(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path / "from_env"))
+    extractor = _extractor(CountingBackbone(), "auto")
+    extractor.extract(image_folder)
+    assert extractor.cache.location == tmp_path / "from_env"
+    assert extractor.cache.info()["n_vectors"] == 12
+
+
+def test_cache_holds_one_row_per_image(image_folder, tmp_path):
+    _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
+    _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
+    with sqlite3.connect(tmp_path / "c" / "featx-v1" / "index.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 12
+
+
+def _fingerprint(**params) -> str:
+    size = params.pop("size", 16)
+    tag = params.pop("tag", "v1")
+    return Extractor(CountingBackbone(size, tag), cache_dir=None, **params).fingerprint
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"tag": "v2"}, {"size": 24}, {"resize": "center_crop"}, {"background": (0, 0, 0)}],
+    ids=["weights", "input_size", "resize", "background"],
+)
+def test_fingerprint_changes_with_what_changes_the_vectors(change):
+    assert _fingerprint(**change) != _fingerprint()
+
+
+def test_fingerprint_is_stable_and_ignores_batch_size():
+    assert _fingerprint() == _fingerprint()
+    # Batch size changes only the last bits (~1e-6) and is deliberately not part of the key.
+    assert _fingerprint(batch_size=8) == _fingerprint(batch_size=64)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weights": None, "seed": 1},
+        {"input_size": 64},
+        {"pooling": "max"},
+        {"layer": "block_3_expand"},
+    ],
+    ids=["seed", "input_size", "pooling", "layer"],
+)
+def test_keras_fingerprint_changes_with_weights_size_pooling_layer(change):
+    base = {"weights": None, "input_size": 32}
+    a = Extractor("MobileNetV2", cache_dir=None, **base).fingerprint
+    b = Extractor("MobileNetV2", cache_dir=None, **{**base, **change}).fingerprint
+    assert a != b
+
+
+def test_a_changed_fingerprint_never_reuses_vectors(image_folder, tmp_path):
+    old, new = CountingBackbone(tag="old"), CountingBackbone(tag="new")
+    _extractor(old, tmp_path / "c").extract(image_folder)
+    result = _extractor(new, tmp_path / "c").extract(image_folder)
+    assert result.cache_misses == 12
+    assert len(new.seen) == 12
+
+
+def test_embedding_does_not_depend_on_batch_neighbours():
+    """Fixed-shape batches: a subset, at other positions and with other padding, gives the
+    very same bits as the full run (what makes resumed runs exact)."""
+    images = np.random.default_rng(0).integers(0, 255, (11, 40, 40, 3), dtype=np.uint8)
+    params = {
+        "weights": None,
+        "input_size": 32,
+        "batch_size": 4,
+        "cache_dir": None,
+        "verbose": False,
+    }
+    full = Extractor("VGG16", **params).extract(images)
+    part = Extractor("VGG16", **params).extract(images[3:8])
+    np.testing.assert_array_equal(full.X[3:8], part.X)
+
+
+def test_unwritable_cache_dir_warns_and_still_extracts(image_folder, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="cannot be used"):
+        extractor = _extractor(CountingBackbone(), blocker / "cache")
+    result = extractor.extract(image_folder)
+    assert len(result) == 12
+    assert not extractor.cache.enabled
+
+
+def test_failing_cache_write_warns_and_keeps_results(image_folder, tmp_path, monkeypatch):
+    extractor = _extractor(CountingBackbone(), tmp_path / "c")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(extractor.cache, "put", disk_full)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        result = extractor.extract(image_folder)
+    assert len(result) == 12
+    assert extractor.cache.info()["n_vectors"] == 0
+
+
+def test_save_and_load_round_trip(image_folder, tmp_path):
+    result = _extractor(CountingBackbone(), None).extract(image_folder)
+    result.save(tmp_path / "e.npz")
+    loaded = Embeddings.load(tmp_path / "e.npz")
+    np.testing.assert_array_equal(loaded.X, result.X)
+    np.testing.assert_array_equal(loaded.y, result.y)
+    assert loaded.classes == ["cat", "dog", "fish"]
+    assert loaded.paths == result.paths
+    assert loaded.fingerprint == result.fingerprint
+
+
+def test_summary_has_the_documented_fields(image_folder):
+    summary = _extractor(CountingBackbone(), None).extract(image_folder).summary()
+    for key in (
+        "n_images",
+        "dim",
+        "seconds",
+        "images_per_second",
+        "cache_hits",
+        "cache_misses",
+        "failed",
+    ):
+        assert key in summary
+    assert summary["n_images"] == 12 and summary["dim"] == 6
+
+
+@pytest.mark.parametrize(
+    ("param", "match"),
+    [
+        ({"resize": "squash"}, "resize='squash'"),
+        ({"on_error": "ignore"}, "on_error='ignore'"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"background": (300, 0, 0)}, "background="),
+    ],
+)
+def test_bad_parameters_are_refused(param, match):
+    with pytest.raises(ValueError, match=match):
+        Extractor(CountingBackbone(), cache_dir=None, **param)
+
+
+def test_extract_warns_nothing_on_a_clean_run(image_folder, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
