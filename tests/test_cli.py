@@ -1,0 +1,117 @@
+"""The featx command line: extract, backbones, cache, demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from featx import Embeddings
+from featx.backbones import list_backbones
+from featx.cli import main
+
+EXTRACT = ["--backbone", "VGG16", "--weights", "none", "--size", "32", "--quiet"]
+
+
+def _run_json(capsys, argv: list[str]) -> dict:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one JSON line on stdout, got: {out!r}"
+    return json.loads(lines[0])
+
+
+def test_extract_json_then_warm_run(image_folder, tmp_path, capsys):
+    argv = ["extract", str(image_folder), *EXTRACT, "--cache-dir", str(tmp_path / "c"), "--json"]
+    first = _run_json(capsys, argv)
+    for key in (
+        "n_images",
+        "dim",
+        "seconds",
+        "images_per_second",
+        "cache_hits",
+        "cache_misses",
+        "failed",
+    ):
+        assert key in first
+    assert (first["n_images"], first["dim"], first["cache_misses"]) == (12, 512, 12)
+    second = _run_json(capsys, argv)
+    assert (second["cache_misses"], second["cache_hits"]) == (0, 12)
+
+
+def test_extract_writes_npz(image_folder, tmp_path, capsys):
+    out = tmp_path / "emb.npz"
+    main(["extract", str(image_folder), *EXTRACT, "--cache-dir", "none", "--out", str(out)])
+    assert "12 images -> 512-d embeddings" in capsys.readouterr().out
+    loaded = Embeddings.load(out)
+    assert loaded.X.shape == (12, 512)
+    assert loaded.classes == ["cat", "dog", "fish"]
+    assert np.isfinite(loaded.X).all()
+
+
+def test_extract_skip_lists_failures(image_folder, tmp_path, capsys):
+    (image_folder / "cat" / "broken.jpg").write_text("not an image")
+    argv = ["extract", str(image_folder), *EXTRACT, "--cache-dir", "none", "--json"]
+    assert main(argv) == 1
+    assert "broken.jpg" in capsys.readouterr().err
+    result = _run_json(capsys, [*argv, "--on-error", "skip"])
+    assert result["n_images"] == 12
+    assert [f["input"] for f in result["failed"]] == [str(image_folder / "cat" / "broken.jpg")]
+
+
+def test_unknown_backbone_exits_1_with_suggestion(image_folder, capsys):
+    code = main(["extract", str(image_folder), "--backbone", "resnet50", "--quiet"])
+    assert code == 1
+    assert "Did you mean 'ResNet50'" in capsys.readouterr().err
+
+
+def test_backbones_lists_the_registry(capsys):
+    rows = _run_json(capsys, ["backbones", "--json"])["backbones"]
+    assert [r["name"] for r in rows] == [s.name for s in list_backbones()]
+    mobilenet = next(r for r in rows if r["name"] == "MobileNetV2")
+    assert (mobilenet["default_size"], mobilenet["dim"]) == (224, 1280)
+    assert main(["backbones"]) == 0
+    assert "EfficientNetB7" in capsys.readouterr().out
+
+
+def test_cache_info_and_clear(image_folder, tmp_path, capsys):
+    cache = str(tmp_path / "c")
+    main(["extract", str(image_folder), *EXTRACT, "--cache-dir", cache, "--json"])
+    capsys.readouterr()
+    info = _run_json(capsys, ["cache", "info", "--cache-dir", cache, "--json"])
+    assert info["n_vectors"] == 12
+    assert info["fingerprints"][0]["spec"]["backbone"]["architecture"] == "VGG16"
+    assert _run_json(capsys, ["cache", "clear", "--cache-dir", cache, "--json"])["cleared"] == 12
+    assert _run_json(capsys, ["cache", "info", "--cache-dir", cache, "--json"])["n_vectors"] == 0
+
+
+def test_demo_runs_offline_and_reports(tmp_path, capsys):
+    result = _run_json(
+        capsys,
+        [
+            "demo",
+            "--backbone",
+            "VGG16",
+            "--size",
+            "32",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--quiet",
+            "--json",
+        ],
+    )
+    assert (result["n_images"], result["n_classes"]) == (1797, 10)
+    assert result["warm"]["cache_misses"] == 0
+    # Even random features carry the digit classes far above the majority class.
+    assert result["test_accuracy"] > result["majority_baseline"] + 0.3
+
+
+@pytest.mark.skipif(shutil.which("featx") is None, reason="the featx script is not installed")
+def test_installed_command_runs(tmp_path):
+    done = subprocess.run(
+        ["featx", "backbones", "--json"], capture_output=True, text=True, check=True
+    )
+    assert len(json.loads(done.stdout)["backbones"]) == len(list_backbones())

@@ -1,0 +1,47 @@
+"""Docs are tests: the README's code runs, its commands are the ones CI runs, ruff is clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_opens_with_the_demo_and_test_commands():
+    first = README.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert first[0].endswith("featx demo")
+    assert "pytest" in first[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_command = README.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()[1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci
+
+
+@pytest.mark.parametrize("code", _blocks("python"), ids=lambda c: c.splitlines()[0][:40])
+def test_readme_python_runs(code, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert "(8, 1280)" in capsys.readouterr().out
+
+
+def test_cache_folder_has_its_readme():
+    assert "index.sqlite" in (ROOT / "cache" / "README.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
+def test_ruff_is_clean():
+    done = subprocess.run(
+        ["ruff", "check", "featx", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout
