@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -484,6 +485,8 @@ class KerasBackbone(Backbone):
     def _compile(self, shape: tuple[int, ...]):
         import tensorflow as tf
 
+        _quiet_retracing_warning()
+
         model, pooling = self.model, self.pooling
         preprocess = self._spec.preprocess_input() if self._spec else self._preprocess
 
@@ -529,6 +532,20 @@ def _architecture_signature(model) -> str:
             config = None
         layers.append([type(layer).__qualname__, config, [list(w.shape) for w in layer.weights]])
     return json.dumps(layers, sort_keys=True, default=repr)
+
+
+class _RetracingFilter(logging.Filter):
+    """Each backbone traces its function once, but all of them share one code location,
+    so TensorFlow counts several backbones in one process as "retracing" and warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _quiet_retracing_warning() -> None:
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _RetracingFilter) for f in logger.filters):
+        logger.addFilter(_RetracingFilter())
 
 
 def _identity(x):
