@@ -300,7 +300,7 @@ class Extractor:
             fingerprint=self.fingerprint,
             spec=self.spec,
             cache_hits=int(found.sum()),
-            cache_misses=len(ok) - int(found.sum()),
+            cache_misses=len(ok) - int(found.sum()) - len(failed_rows),
             seconds=time.perf_counter() - start,
         )
 

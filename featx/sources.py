@@ -139,9 +139,12 @@ def _walk_images(folder: Path) -> list[str]:
     """Image files under ``folder``, sorted, following symlinks but never the same folder twice."""
     found: list[str] = []
     seen: set[str] = set()
+    top = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop, or two links to one folder
+        # A symlink loop, two links to one folder, or a link up to a folder above this
+        # one (which would pull in the other classes, or the whole disk).
+        if real in seen or (real != top and os.path.commonpath([real, top]) == real):
             dirnames[:] = []
             continue
         seen.add(real)
@@ -186,7 +189,8 @@ def _from_dataframe(df: Any, path_column: str, label_column: str | None) -> Imag
     if missing.any():
         raise ValueError(
             f"The DataFrame's path column {path_column!r} has {int(missing.sum())} missing "
-            f"value(s), the first at index {df.index[missing][0]!r}. Drop those rows first."
+            f"value(s), the first at index {df.index[missing].tolist()[0]!r}. Drop those rows "
+            "first."
         )
     paths = [os.fspath(p) for p in df[path_column].tolist()]
     image_set = ImageSet(paths, list(paths))
