@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS vectors (
 CREATE INDEX IF NOT EXISTS vectors_by_shard ON vectors (shard);
 """
 _CHUNK = 500  # keys per SELECT, below SQLite's host-parameter limit everywhere
+_BUSY_TIMEOUT = 120.0  # seconds a connection waits for another process's lock
 
 
 def default_cache_dir() -> str:
@@ -108,8 +109,10 @@ class EmbeddingCache:
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.root / "index.sqlite", timeout=120, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(
+                self.root / "index.sqlite", timeout=_BUSY_TIMEOUT, isolation_level=None
+            )
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
@@ -297,6 +300,25 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the database.
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers
+    SQLITE_BUSY at once, without its busy handler, to a connection that would deadlock
+    waiting for it: two processes opening a new cache together would make one of them
+    give up on caching ("database is locked").
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _fsync_dir(folder: Path) -> None:
