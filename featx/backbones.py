@@ -33,12 +33,18 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "KerasBackbone",
+    "RawPixels",
+    "WeightsUnavailableError",
     "get_spec",
     "list_backbones",
     "resolve_backbone",
 ]
 
 POOLINGS = ("avg", "max")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """``weights="imagenet"`` was asked for and Keras could not download or load them."""
 
 
 @dataclass(frozen=True)
@@ -238,8 +244,44 @@ class Backbone:
     def identity(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def prepare(self, batch_shape: tuple[int, ...]) -> None:
+        """One-time set-up before batches of ``batch_shape`` arrive (build, trace)."""
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+class RawPixels(Backbone):
+    """The raw-pixels baseline: each image downscaled to ``size`` x ``size`` and flattened.
+
+    Goes through the same decoding, resizing and cache as a network, so comparing it with
+    a backbone measures what the network adds, not a difference in data handling.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.backbones import RawPixels
+    >>> RawPixels(8).embed(np.full((2, 8, 8, 3), 255.0, np.float32)).shape
+    (2, 192)
+    """
+
+    name = "RawPixels"
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = int(size)
+        self.input_size = (self.size, self.size)
+        self.dim = self.size * self.size * 3
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "architecture": "raw-pixels",
+            "weights": None,
+            "input_size": list(self.input_size),
+            "dtype": "float32",
+        }
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return (batch.reshape(len(batch), -1) / 255.0).astype(np.float32)
 
 
 class KerasBackbone(Backbone):
@@ -396,6 +438,7 @@ class KerasBackbone(Backbone):
         import keras
 
         if self._spec is None and self._weights_arg is not None:
+            self._check_weights_unchanged()
             by_name = self._weights_arg.endswith(".h5") and not self._weights_arg.endswith(
                 ".weights.h5"
             )
@@ -443,7 +486,32 @@ class KerasBackbone(Backbone):
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
-        return ctor(include_top=False, weights=self._weights_arg, input_shape=shape)
+        if self._weights_arg != "imagenet":
+            self._check_weights_unchanged()
+        try:
+            return ctor(include_top=False, weights=self._weights_arg, input_shape=shape)
+        except Exception as exc:
+            if self._weights_arg != "imagenet":
+                raise
+            raise WeightsUnavailableError(
+                f"Cannot obtain the ImageNet weights of {self.name}: {exc}. Keras downloads "
+                "them once into ~/.keras/models; without network access pass weights= the "
+                "path of a local weights file (or weights=None for a random baseline)."
+            ) from exc
+
+    def _check_weights_unchanged(self) -> None:
+        """The fingerprint hashed the weights file when this backbone was created; refuse to
+        load different content from that path now, or its vectors would be cached under
+        the old weights' fingerprint."""
+        identity = getattr(self, "_weights_id", "")  # unset while an in-memory model loads
+        if not identity.startswith("file:sha256="):
+            return
+        if _sha256_file(self._weights_arg) != identity.removeprefix("file:sha256="):
+            raise RuntimeError(
+                f"The weights file {self._weights_arg!r} changed since this extractor was "
+                "created (its content hash differs). Create a new Extractor to use the new "
+                "weights."
+            )
 
     def _weights_value_hash(self) -> str:
         digest = hashlib.sha256()
@@ -476,11 +544,17 @@ class KerasBackbone(Backbone):
             "dtype": "float32",
         }
 
+    def prepare(self, batch_shape: tuple[int, ...]) -> None:
+        self._function(tuple(batch_shape)).get_concrete_function()
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        fn = self._functions.get(batch.shape)
+        return self._function(batch.shape)(batch).numpy()
+
+    def _function(self, shape: tuple[int, ...]):
+        fn = self._functions.get(shape)
         if fn is None:
-            fn = self._functions[batch.shape] = self._compile(batch.shape)
-        return fn(batch).numpy()
+            fn = self._functions[shape] = self._compile(shape)
+        return fn
 
     def _compile(self, shape: tuple[int, ...]):
         import tensorflow as tf

@@ -11,8 +11,9 @@ network and the image policy, the content key is a hash of the image bytes.
 Writing a batch is: ``np.save`` to a hidden temporary file, ``fsync``, atomic
 ``os.replace`` to its final name, then one SQLite transaction that records the
 shard (with its checksum) and its rows. A process killed at any point leaves
-either nothing, an unreferenced file (ignored, removable by ``clear``), or a
-complete shard with its index rows; never an index row without its vector.
+either nothing, an unindexed temporary or shard file (ignored; removed by
+``verify``), or a complete shard with its index rows; never an index row without
+its vector. A write that fails (disk full) removes its own files.
 SQLite's locking makes concurrent writers safe; ``INSERT OR IGNORE`` keeps the
 first vector written for a key. Shards are checksummed; a shard that fails its
 checksum or has vanished is dropped from the index and its images recomputed.
@@ -23,6 +24,7 @@ have one code path whether caching is on or off (as joblib's ``Memory(None)``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -43,7 +45,8 @@ __all__ = ["CACHE_FORMAT", "EmbeddingCache", "default_cache_dir"]
 CACHE_FORMAT = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fingerprints (
-    fp TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL, created REAL NOT NULL);
+    fp TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL, created REAL NOT NULL,
+    n_computed INTEGER NOT NULL DEFAULT 0, compute_seconds REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS shards (
     id TEXT PRIMARY KEY, fp TEXT NOT NULL, path TEXT NOT NULL, n INTEGER NOT NULL,
     checksum TEXT NOT NULL, created REAL NOT NULL);
@@ -54,6 +57,21 @@ CREATE INDEX IF NOT EXISTS vectors_by_shard ON vectors (shard);
 """
 _CHUNK = 500  # keys per SELECT, below SQLite's host-parameter limit everywhere
 _BUSY_TIMEOUT = 120.0  # seconds a connection waits for another process's lock
+_TEMP_SUFFIX = ".npy.tmp"  # a shard being written: ``.<uuid>.npy.tmp`` beside its final name
+# How old an unindexed file must be before verify() deletes it: younger ones may belong to
+# a writer running right now, between its write and its index commit (which waits at most
+# _BUSY_TIMEOUT for the lock).
+VERIFY_GRACE_SECONDS = 600.0
+_VERIFY_FINDINGS = (
+    "dangling_vectors",
+    "bad_rows",
+    "missing_shards",
+    "unreadable_shards",
+    "checksum_failures",
+    "unreferenced_shards",
+    "orphan_files",
+    "temp_files",
+)
 
 
 def default_cache_dir() -> str:
@@ -63,6 +81,25 @@ def default_cache_dir() -> str:
 
 def _checksum(array: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+
+
+def _check_shard(
+    path: Path, n: int, dim: int | None, checksum: str
+) -> tuple[str | None, str | None]:
+    """``(None, None)`` for a sound shard file, else ``(finding, what is wrong)``."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return "missing_shards", "the file is missing"
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+        return "unreadable_shards", f"it cannot be read ({exc})"
+    shape_ok = data.ndim == 2 and data.shape[0] == n and dim in (None, data.shape[1])
+    if not shape_ok or data.dtype != np.float32:
+        expected = f"({n}, {'dim' if dim is None else dim}) float32"
+        return "unreadable_shards", f"it has shape {data.shape} {data.dtype}, expected {expected}"
+    if _checksum(data) != checksum:
+        return "checksum_failures", "its checksum does not match"
+    return None, None
 
 
 class EmbeddingCache:
@@ -89,6 +126,7 @@ class EmbeddingCache:
         self.location = None if location is None else Path(location)
         self.root = None if location is None else self.location / f"featx-v{CACHE_FORMAT}"
         self._local = threading.local()
+        self._unusable: str | None = None  # why a given location could not be used
         if self.root is not None:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -101,6 +139,7 @@ class EmbeddingCache:
                     stacklevel=3,
                 )
                 self.root = None
+                self._unusable = str(exc)
 
     @property
     def enabled(self) -> bool:
@@ -166,7 +205,7 @@ class EmbeddingCache:
             path, n, checksum = meta
             try:
                 data = np.load(self.root / path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
                 problem = f"it cannot be read ({exc})"
             else:
                 if data.shape != (n, dim) or data.dtype != np.float32:
@@ -182,14 +221,16 @@ class EmbeddingCache:
         self._drop_shard(shard)
         return None
 
-    def _drop_shard(self, shard: str) -> None:
+    def _drop_shard(self, shard: str) -> int:
+        """Remove a shard's rows and file; return how many vector rows went with it."""
         conn = self._connect()
         with _Transaction(conn):
             row = conn.execute("SELECT path FROM shards WHERE id = ?", (shard,)).fetchone()
-            conn.execute("DELETE FROM vectors WHERE shard = ?", (shard,))
+            dropped = conn.execute("DELETE FROM vectors WHERE shard = ?", (shard,)).rowcount
             conn.execute("DELETE FROM shards WHERE id = ?", (shard,))
         if row is not None:
             (self.root / row[0]).unlink(missing_ok=True)
+        return dropped
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -200,9 +241,34 @@ class EmbeddingCache:
         conn = self._connect()
         with _Transaction(conn):
             conn.execute(
-                "INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO fingerprints (fp, dim, spec, created) VALUES (?, ?, ?, ?)",
                 (fingerprint, dim, json.dumps(spec, sort_keys=True), time.time()),
             )
+
+    def record_cost(self, fingerprint: str, n_computed: int, seconds: float) -> None:
+        """Add a run's compute time, so the cost per image is known even when all is cached."""
+        if not self.enabled or n_computed <= 0:
+            return
+        conn = self._connect()
+        with _Transaction(conn):
+            conn.execute(
+                "UPDATE fingerprints SET n_computed = n_computed + ?, "
+                "compute_seconds = compute_seconds + ? WHERE fp = ?",
+                (n_computed, seconds, fingerprint),
+            )
+
+    def seconds_per_image(self, fingerprint: str) -> float | None:
+        """Mean wall time per computed image under ``fingerprint`` (None if never computed)."""
+        if not self.enabled:
+            return None
+        row = (
+            self._connect()
+            .execute(
+                "SELECT n_computed, compute_seconds FROM fingerprints WHERE fp = ?", (fingerprint,)
+            )
+            .fetchone()
+        )
+        return None if row is None or not row[0] else row[1] / row[0]
 
     def put(self, fingerprint: str, keys: list[str], vectors: np.ndarray) -> None:
         """Store ``vectors[i]`` under ``keys[i]``: one shard file, one transaction."""
@@ -215,23 +281,47 @@ class EmbeddingCache:
         folder = self.root / "shards" / fingerprint[:16]
         folder.mkdir(parents=True, exist_ok=True)
         relative = f"shards/{fingerprint[:16]}/{shard}.npy"
-        tmp = folder / f".{shard}.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, vectors, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / relative)
+        tmp = folder / f".{shard}{_TEMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, vectors, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / relative)
+        except BaseException:
+            # Disk full or interrupted mid-write: leave no partial temporary file behind.
+            _unlink_quietly(tmp)
+            raise
         _fsync_dir(folder)
-        conn = self._connect()
-        with _Transaction(conn):
-            conn.execute(
-                "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
-                (shard, fingerprint, relative, len(keys), _checksum(vectors), time.time()),
+        try:
+            conn = self._connect()
+            with _Transaction(conn):
+                conn.execute(
+                    "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+                    (shard, fingerprint, relative, len(keys), _checksum(vectors), time.time()),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
+                    [(fingerprint, key, shard, row) for row, key in enumerate(keys)],
+                )
+        except BaseException:
+            self._discard_unindexed(shard, relative)
+            raise
+
+    def _discard_unindexed(self, shard: str, relative: str) -> None:
+        """Delete the file of a shard whose index transaction failed (it was rolled back).
+
+        Only once the index is seen not to hold the shard; if even that cannot be read,
+        the file stays, an orphan that :meth:`verify` removes later.
+        """
+        try:
+            indexed = (
+                self._connect().execute("SELECT 1 FROM shards WHERE id = ?", (shard,)).fetchone()
             )
-            conn.executemany(
-                "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
-                [(fingerprint, key, shard, row) for row, key in enumerate(keys)],
-            )
+        except sqlite3.Error:
+            return
+        if indexed is None:
+            _unlink_quietly(self.root / relative)
 
     # -- management ---------------------------------------------------------------------------
 
@@ -247,12 +337,12 @@ class EmbeddingCache:
             }
         conn = self._connect()
         entries = []
-        for fp, dim, spec in conn.execute(
-            "SELECT fp, dim, spec FROM fingerprints ORDER BY created"
-        ):
-            n_vectors = conn.execute("SELECT COUNT(*) FROM vectors WHERE fp = ?", (fp,)).fetchone()[
-                0
-            ]
+        query = (
+            "SELECT fp, dim, spec, n_computed, compute_seconds FROM fingerprints ORDER BY created"
+        )
+        for fp, dim, spec, n_computed, seconds in conn.execute(query):
+            count = "SELECT COUNT(*) FROM vectors WHERE fp = ?"
+            n_vectors = conn.execute(count, (fp,)).fetchone()[0]
             paths = [p for (p,) in conn.execute("SELECT path FROM shards WHERE fp = ?", (fp,))]
             size = sum((self.root / p).stat().st_size for p in paths if (self.root / p).exists())
             entries.append(
@@ -263,6 +353,7 @@ class EmbeddingCache:
                     "n_vectors": n_vectors,
                     "n_shards": len(paths),
                     "bytes": size,
+                    "ms_per_image": round(1000 * seconds / n_computed, 3) if n_computed else None,
                 }
             )
         total = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
@@ -286,6 +377,201 @@ class EmbeddingCache:
         self._connect().executescript(_SCHEMA)
         return n
 
+    def verify(self, repair: bool = True, *, grace: float = VERIFY_GRACE_SECONDS) -> dict[str, Any]:
+        """Check the shard files against the index and, with ``repair``, fix what is wrong.
+
+        What is checked:
+
+        - SQLite's ``PRAGMA integrity_check`` of the index;
+        - every vector row points at a shard row, at a row that shard has
+          (``dangling_vectors``, ``bad_rows``);
+        - every shard file exists (``missing_shards``), loads as float32 of the recorded
+          shape ``(n, dim)`` (``unreadable_shards``) and matches its checksum
+          (``checksum_failures``);
+        - every shard row is used by some vector row (``unreferenced_shards``: the losers
+          of processes that computed the same images at the same time);
+        - every shard file has a shard row (``orphan_files``: left by a process killed
+          between writing a shard and committing its index rows), and no temporary
+          ``.<uuid>.npy.tmp`` file is left (``temp_files``: a process killed mid-write).
+
+        With ``repair``, the rows of bad or missing shards are dropped (the next run
+        recomputes their images), unreferenced shards, orphan and temporary files are
+        deleted. An orphan or temporary file younger than ``grace`` seconds (by mtime) may
+        belong to a writer running right now in another process: it is left alone and
+        counted as pending, which is not a problem. Pass ``grace=0`` to delete them too,
+        when no other process is using the cache.
+
+        Returns
+        -------
+        dict
+            JSON-ready: ``ok`` (no problem left), ``integrity`` (``"ok"`` or SQLite's
+            message), ``n_vectors`` and ``n_shards`` after repair, the count of each
+            problem found, ``vectors_dropped``, ``shards_dropped``,
+            ``orphan_files_removed``, ``temp_files_removed``, ``orphan_files_pending``,
+            ``temp_files_pending``, and ``problems``, a few of them in words.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile
+        >>> from featx.cache import EmbeddingCache
+        >>> cache = EmbeddingCache(tempfile.mkdtemp())
+        >>> cache.put("fp", ["k1", "k2"], np.ones((2, 4), np.float32))
+        >>> report = cache.verify()
+        >>> report["ok"], report["n_vectors"], report["n_shards"]
+        (True, 2, 1)
+        """
+        report: dict[str, Any] = {
+            "location": None if self.location is None else str(self.location),
+            "enabled": self.enabled,
+            "ok": True,
+            "repaired": bool(repair) and self.enabled,
+            "integrity": "ok",
+            "n_vectors": 0,
+            "n_shards": 0,
+            **dict.fromkeys(_VERIFY_FINDINGS, 0),
+            "vectors_dropped": 0,
+            "shards_dropped": 0,
+            "orphan_files_removed": 0,
+            "temp_files_removed": 0,
+            "orphan_files_pending": 0,
+            "temp_files_pending": 0,
+            "problems": [],
+        }
+        if self._unusable is not None:
+            report["ok"] = False
+            report["problems"].append(f"the cache cannot be used: {self._unusable}")
+        if not self.enabled:
+            return report
+        try:
+            fixed = self._verify(report, repair, grace)
+        except sqlite3.DatabaseError as exc:  # a repair could not be written, say
+            report["ok"] = False
+            report["problems"].append(f"the index cannot be read or written: {exc}")
+            return report
+        found = sum(report[name] for name in _VERIFY_FINDINGS)
+        report["ok"] = report["integrity"] == "ok" and found == fixed
+        return report
+
+    def _verify(self, report: dict[str, Any], repair: bool, grace: float) -> int:
+        """The work of :meth:`verify`: fill ``report``, return how many findings were fixed."""
+        problems: list[str] = report["problems"]
+
+        def note(message: str) -> None:
+            if len(problems) < 20:
+                problems.append(message)
+
+        # Files first, then the index: a file renamed into place after this listing is
+        # not seen at all, and one renamed before it is judged on a later index read.
+        now = time.time()
+        shard_files: dict[str, tuple[Path, float]] = {}
+        temp_files: list[tuple[Path, float]] = []
+        for path in sorted((self.root / "shards").glob("*/*")):
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:  # removed meanwhile by another process
+                continue
+            if path.name.startswith(".") and path.name.endswith(_TEMP_SUFFIX):
+                temp_files.append((path, mtime))
+            elif path.name.endswith(".npy") and not path.name.startswith("."):
+                shard_files[path.relative_to(self.root).as_posix()] = (path, mtime)
+
+        conn = self._connect()
+        try:
+            checks = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        except sqlite3.DatabaseError as exc:  # "database disk image is malformed"
+            checks = [str(exc)]
+        if checks != ["ok"]:
+            # A damaged index is not repaired: rebuilding it is `featx cache clear`.
+            report["integrity"] = "; ".join(checks[:10])
+            note(f"SQLite integrity check: {report['integrity']}")
+            return 0
+        fixed = 0
+
+        row_checks = {
+            "dangling_vectors": (
+                "NOT EXISTS (SELECT 1 FROM shards s WHERE s.id = vectors.shard)",
+                "vector rows point at no shard",
+            ),
+            "bad_rows": (
+                "EXISTS (SELECT 1 FROM shards s WHERE s.id = vectors.shard "
+                "AND (vectors.row < 0 OR vectors.row >= s.n OR vectors.fp != s.fp))",
+                "vector rows point outside their shard",
+            ),
+        }
+        for name, (where, what) in row_checks.items():
+            n = conn.execute(f"SELECT COUNT(*) FROM vectors WHERE {where}").fetchone()[0]
+            report[name] = n
+            if n:
+                note(f"{n} {what}")
+            if n and repair:
+                with _Transaction(conn):
+                    gone = conn.execute(f"DELETE FROM vectors WHERE {where}").rowcount
+                report["vectors_dropped"] += gone
+                fixed += n
+
+        dims = dict(conn.execute("SELECT fp, dim FROM fingerprints").fetchall())
+        handled: set[str] = set()
+        for shard, fp, relative, n, checksum in conn.execute(
+            "SELECT id, fp, path, n, checksum FROM shards ORDER BY created"
+        ).fetchall():
+            kind, problem = _check_shard(self.root / relative, n, dims.get(fp), checksum)
+            if kind is None:
+                continue
+            report[kind] += 1
+            note(f"shard {relative}: {problem}")
+            if repair:
+                report["vectors_dropped"] += self._drop_shard(shard)
+                report["shards_dropped"] += 1
+                handled.add(relative)
+                fixed += 1
+
+        unreferenced = conn.execute(
+            "SELECT id, path FROM shards s WHERE NOT EXISTS "
+            "(SELECT 1 FROM vectors v WHERE v.shard = s.id)"
+        ).fetchall()
+        report["unreferenced_shards"] = len(unreferenced)
+        if unreferenced:
+            note(f"{len(unreferenced)} shards are used by no vector row")
+        for shard, relative in unreferenced if repair else []:
+            # Committed rows never gain vectors later, so no grace period is needed here.
+            with _Transaction(conn):
+                gone = conn.execute(
+                    "DELETE FROM shards WHERE id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM vectors WHERE shard = ?)",
+                    (shard, shard),
+                ).rowcount
+            if gone:
+                _unlink_quietly(self.root / relative)
+                report["shards_dropped"] += 1
+                handled.add(relative)
+            fixed += 1
+
+        known = handled | {path for (path,) in conn.execute("SELECT path FROM shards")}
+        stale = now - grace
+        for kind, candidates in (
+            ("orphan_files", [v for k, v in shard_files.items() if k not in known]),
+            ("temp_files", temp_files),
+        ):
+            for path, mtime in candidates:
+                if mtime > stale:
+                    report[f"{kind}_pending"] += 1
+                    continue
+                report[kind] += 1
+                note(f"{path.relative_to(self.root).as_posix()} is not in the index")
+                if not repair:
+                    continue
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    note(f"cannot delete {path}: {exc}")
+                    continue
+                report[f"{kind}_removed"] += 1
+                fixed += 1
+
+        report["n_vectors"] = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        report["n_shards"] = conn.execute("SELECT COUNT(*) FROM shards").fetchone()[0]
+        return fixed
+
 
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front, so concurrent
@@ -299,7 +585,21 @@ class _Transaction:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite rolls some failures back by itself (SQLITE_FULL, SQLITE_IOERR): a second
+        # ROLLBACK would then raise and hide the error that matters.
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
@@ -319,6 +619,11 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,22 +11,38 @@ and ``OUT_PREFIX.json`` (paths, cache hits and misses, warnings raised). With
 that a test can kill the process while it is writing the cache; with ``FEATX_TEST_GO``
 set, it waits for that file to exist before extracting, so that workers start together.
 
+With ``FEATX_TEST_BACKBONE=numpy`` the network is :class:`NumpyBackbone` instead, a
+deterministic TensorFlow-free stand-in, so that a process starts in a fraction of a second
+and a test can afford dozens of them. Three more variables stretch the phases of a cache
+write, so that a kill lands in the one a test aims at (the worker monkeypatches
+:mod:`featx.cache`; featx has no test hooks): ``FEATX_TEST_WRITE_DELAY`` pauses halfway
+through writing a shard's temporary file, ``FEATX_TEST_RENAME_DELAY`` after the shard is
+renamed into place and before its index transaction, ``FEATX_TEST_COMMIT_DELAY`` inside
+the index transaction, just before ``COMMIT``, while the file ``OUT_PREFIX.committing``
+exists.
+
 Imported by the tests for :func:`start` and :func:`finish` (which drive it),
 :func:`reference` (the clean result, once per session) and :func:`index_counts`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from featx.backbones import Backbone
 
 N_IMAGES = 200
 WORKER = Path(__file__).resolve()
@@ -47,16 +63,42 @@ def write_images(folder: Path, n: int) -> list[str]:
     return paths
 
 
-def reference(tmp_path_factory, n: int = N_IMAGES) -> tuple[list[str], Any]:
+class NumpyBackbone(Backbone):
+    """A TensorFlow-free stand-in network: the mean and deviation of each 4x4 pixel block.
+
+    Deterministic, the same in every process, and each image's vector is computed from
+    that image alone, so a resumed run must reproduce a clean one bit for bit.
+    """
+
+    name = "numpy-blocks"
+
+    def __init__(self) -> None:
+        self.input_size = (16, 16)
+        self.dim = 96
+
+    def identity(self) -> dict:
+        return {"architecture": "numpy-blocks", "weights": "v1", "input_size": [16, 16]}
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        blocks = batch.reshape(n, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, 16, 16, 3)
+        stats = np.concatenate([blocks.mean(axis=2), blocks.std(axis=2)], axis=1)
+        return stats.reshape(n, self.dim).astype(np.float32)
+
+
+def reference(
+    tmp_path_factory, n: int = N_IMAGES, backbone: str = "mobilenet"
+) -> tuple[list[str], Any]:
     """The session's ``n`` images and their embeddings from a run without a cache.
 
     Kept under the session's base temporary folder, so the test modules share one run.
     """
-    root = tmp_path_factory.getbasetemp() / "extract-reference"
+    name = "extract-reference" if backbone == "mobilenet" else f"extract-reference-{backbone}-{n}"
+    root = tmp_path_factory.getbasetemp() / name
     out = root / "reference"
     if not out.with_suffix(".json").is_file():
         paths = write_images(root / "images", n)
-        X, report = finish(start(paths, None, out), out)
+        X, report = finish(start(paths, None, out, backbone=backbone), out)
         assert report["paths"] == paths and report["cache_misses"] == n
     X, report = load(out)
     return report["paths"], X
@@ -75,17 +117,27 @@ def start(
     *,
     delay: float = 0.0,
     go: Path | None = None,
+    backbone: str = "mobilenet",
+    write_delay: float = 0.0,
+    rename_delay: float = 0.0,
+    commit_delay: float = 0.0,
 ) -> subprocess.Popen:
     """Start a worker process on ``paths``; its results go to ``out.npy`` and ``out.json``.
 
     With ``go``, the worker builds its extractor and imports TensorFlow, creates
     ``out.ready``, and waits for the file ``go`` to exist before extracting.
+    ``backbone="numpy"`` runs :class:`NumpyBackbone`; the ``*_delay`` arguments stretch
+    the phases of each cache write (see the module's docstring).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     listing = out.with_suffix(".txt")
     listing.write_text("\n".join(paths) + "\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", FEATX_TEST_BATCH_DELAY=str(delay))
     env["FEATX_TEST_GO"] = str(go or "")
+    env["FEATX_TEST_BACKBONE"] = backbone
+    env["FEATX_TEST_WRITE_DELAY"] = str(write_delay)
+    env["FEATX_TEST_RENAME_DELAY"] = str(rename_delay)
+    env["FEATX_TEST_COMMIT_DELAY"] = str(commit_delay)
     # Output goes to a file: a pipe nobody reads while the test polls could fill and block.
     with open(out.with_suffix(".log"), "w") as log:
         return subprocess.Popen(
@@ -121,19 +173,19 @@ def main(listing: str, cache_dir: str, out: str) -> None:
     warnings.simplefilter("always")
     warnings.showwarning = record
 
-    import numpy as np
-
     from featx import Extractor
 
     paths = Path(listing).read_text().split()
+    numpy_mode = os.environ.get("FEATX_TEST_BACKBONE") == "numpy"
     ex = Extractor(
-        "MobileNetV2",
+        NumpyBackbone() if numpy_mode else "MobileNetV2",
         weights=None,
-        input_size=32,
+        input_size=None if numpy_mode else 32,
         batch_size=8,
         cache_dir=None if cache_dir == "none" else cache_dir,
         verbose=False,
     )
+    _stretch_cache_writes(out)
     delay = float(os.environ.get("FEATX_TEST_BATCH_DELAY") or 0)
     if delay:
         compute = ex.backbone.embed
@@ -146,7 +198,8 @@ def main(listing: str, cache_dir: str, out: str) -> None:
         ex.backbone.embed = slow_embed
     go = os.environ.get("FEATX_TEST_GO")
     if go:  # a start line shared with other workers: say we are ready, wait for the signal
-        import tensorflow  # noqa: F401  (its import takes seconds; pay it before the line)
+        if not numpy_mode:
+            import tensorflow  # noqa: F401  (its import takes seconds; pay it before the line)
 
         Path(out + ".ready").touch()
         while not Path(go).exists():
@@ -163,6 +216,63 @@ def main(listing: str, cache_dir: str, out: str) -> None:
         "warnings": caught,
     }
     Path(out + ".json").write_text(json.dumps(report))
+
+
+def _stretch_cache_writes(out: str) -> None:
+    """Monkeypatch :mod:`featx.cache` to pause in the phases named by the environment."""
+    import featx.cache
+
+    write = float(os.environ.get("FEATX_TEST_WRITE_DELAY") or 0)
+    rename = float(os.environ.get("FEATX_TEST_RENAME_DELAY") or 0)
+    commit = float(os.environ.get("FEATX_TEST_COMMIT_DELAY") or 0)
+    if write:
+        save = np.save
+
+        def save_slowly(file, arr, *args, **kwargs):
+            if not str(getattr(file, "name", "")).endswith(".npy.tmp"):
+                return save(file, arr, *args, **kwargs)
+            buffer = io.BytesIO()
+            save(buffer, arr, *args, **kwargs)
+            data = buffer.getvalue()
+            file.write(data[: len(data) // 2])
+            file.flush()
+            time.sleep(write)  # a kill now leaves a partial temporary file
+            file.write(data[len(data) // 2 :])
+
+        np.save = save_slowly
+    if rename:
+        fsync_dir = featx.cache._fsync_dir
+
+        def fsync_dir_slowly(folder):
+            fsync_dir(folder)
+            time.sleep(rename)  # put() renamed the shard and has not begun its transaction
+
+        featx.cache._fsync_dir = fsync_dir_slowly
+    if commit:
+        transaction = featx.cache._Transaction
+        put = featx.cache.EmbeddingCache.put
+        marker = Path(out + ".committing")
+        in_put = threading.local()
+
+        class SlowCommit(transaction):
+            def __exit__(self, exc_type, exc, tb):
+                if exc_type is None and getattr(in_put, "active", False):
+                    marker.touch()
+                    time.sleep(commit)  # the shard and vector rows are inserted, uncommitted
+                try:
+                    return super().__exit__(exc_type, exc, tb)
+                finally:
+                    marker.unlink(missing_ok=True)
+
+        def tracked_put(self, *args, **kwargs):
+            in_put.active = True
+            try:
+                return put(self, *args, **kwargs)
+            finally:
+                in_put.active = False
+
+        featx.cache._Transaction = SlowCommit
+        featx.cache.EmbeddingCache.put = tracked_put
 
 
 if __name__ == "__main__":

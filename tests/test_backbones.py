@@ -231,3 +231,27 @@ def test_saved_model_file_is_a_backbone(tmp_path):
 def test_something_else_is_refused():
     with pytest.raises(TypeError, match="is not understood"):
         resolve_backbone(42)
+
+
+def test_unavailable_imagenet_weights_say_what_to_do(monkeypatch):
+    from keras.src.utils import file_utils
+
+    from featx.backbones import WeightsUnavailableError
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    backbone = KerasBackbone("MobileNetV2", weights="imagenet", input_size=96)
+    with pytest.raises(WeightsUnavailableError, match="pass weights= the path of a local"):
+        _ = backbone.model
+
+
+def test_custom_model_loads_a_weights_file(tmp_path):
+    trained = _small_model(seed=4)
+    path = tmp_path / "tiny.weights.h5"
+    trained.save_weights(path)
+    backbone = resolve_backbone(_small_model(seed=9), weights=path)
+    batch = _batch((24, 24))
+    np.testing.assert_allclose(backbone.embed(batch), resolve_backbone(trained).embed(batch),
+                               rtol=1e-6)

@@ -60,6 +60,8 @@ def test_overlapping_writers_share_one_cache(clean, tmp_path):
     assert sum(report["cache_misses"] for _, report in results.values()) > N_IMAGES
     assert index_counts(cache_dir) == (N_IMAGES, N_IMAGES)
     assert EmbeddingCache(cache_dir).info()["n_vectors"] == N_IMAGES
+    report = EmbeddingCache(cache_dir).verify(grace=0)  # at most unused losers' shards
+    assert report["ok"] and report["vectors_dropped"] == 0, report
 
     X, report = finish(start(paths, cache_dir, tmp_path / "all"), tmp_path / "all")
     np.testing.assert_array_equal(X, clean_X)

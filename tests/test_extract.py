@@ -216,3 +216,23 @@ def test_extract_warns_nothing_on_a_clean_run(image_folder, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
+
+
+def test_cost_per_image_is_recorded_and_survives_warm_runs(image_folder, tmp_path):
+    first = _extractor(CountingBackbone(), tmp_path / "c")
+    first.extract(image_folder)
+    cost = first.cache.seconds_per_image(first.fingerprint)
+    assert cost is not None and cost > 0
+    again = _extractor(CountingBackbone(), tmp_path / "c")
+    again.extract(image_folder)  # all cached: computes nothing, so the record is unchanged
+    assert again.cache.seconds_per_image(again.fingerprint) == cost
+    assert again.cache.info()["fingerprints"][0]["ms_per_image"] > 0
+
+
+def test_raw_pixels_baseline_goes_through_the_same_pipeline(image_folder):
+    from featx.backbones import RawPixels
+
+    result = Extractor(RawPixels(8), cache_dir=None, verbose=False).extract(image_folder)
+    assert result.X.shape == (12, 8 * 8 * 3)
+    assert result.X.min() >= 0.0 and result.X.max() <= 1.0
+    assert result.classes == ["cat", "dog", "fish"]

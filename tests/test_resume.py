@@ -125,6 +125,10 @@ def test_killed_run_resumes_bit_identical(clean, tmp_path, kill):
     assert report["cache_misses"] == N_IMAGES - indexed, how
     assert not [w for w in report["warnings"] if "cache" in w.lower()], report["warnings"]
     assert index_counts(cache_dir) == (N_IMAGES, N_IMAGES)
+    # What the kill left (a temporary or unindexed shard file) is garbage verify removes.
+    repaired = EmbeddingCache(cache_dir).verify(grace=0)
+    assert repaired["ok"] and repaired["vectors_dropped"] == 0, repaired
+    assert repaired["n_vectors"] == N_IMAGES
 
 
 def test_corrupted_shard_is_detected_and_recomputed(clean, tmp_path):
