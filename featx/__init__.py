@@ -21,4 +21,40 @@ from featx.extract import Embeddings, Extractor
 from featx.images import DecodeError
 
 __version__ = "0.1.0"
-__all__ = ["Backbone", "DecodeError", "Embeddings", "Extractor", "__version__", "list_backbones"]
+__all__ = [
+    "Backbone",
+    "DecodeError",
+    "EmbeddingTransformer",
+    "Embeddings",
+    "Extractor",
+    "__version__",
+    "compare",
+    "evaluate",
+    "fit_classifier",
+    "list_backbones",
+    "load_classifier",
+    "make_head",
+    "predict_top_k",
+    "save_classifier",
+]
+
+# The learning half of the package imports scikit-learn; load it on first use so that
+# `import featx` (and `featx backbones`) stays quick.
+_LAZY = {
+    "EmbeddingTransformer": "featx.transformer",
+    "make_head": "featx.heads",
+    "evaluate": "featx.evaluate",
+    "compare": "featx.evaluate",
+    "fit_classifier": "featx.classifier",
+    "save_classifier": "featx.classifier",
+    "load_classifier": "featx.classifier",
+    "predict_top_k": "featx.classifier",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'featx' has no attribute {name!r}")

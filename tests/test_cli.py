@@ -88,25 +88,34 @@ def test_cache_info_and_clear(image_folder, tmp_path, capsys):
     assert _run_json(capsys, ["cache", "info", "--cache-dir", cache, "--json"])["n_vectors"] == 0
 
 
-def test_demo_runs_offline_and_reports(tmp_path, capsys):
-    result = _run_json(
-        capsys,
-        [
-            "demo",
-            "--backbone",
-            "VGG16",
-            "--size",
-            "32",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--quiet",
-            "--json",
-        ],
-    )
-    assert (result["n_images"], result["n_classes"]) == (1797, 10)
-    assert result["warm"]["cache_misses"] == 0
-    # Even random features carry the digit classes far above the majority class.
-    assert result["test_accuracy"] > result["majority_baseline"] + 0.3
+DEMO = ["demo", "--backbone", "VGG16", "--size", "32", "--heads", "logreg", "--quiet", "--json"]
+
+
+def test_demo_compares_the_backbone_with_both_baselines(tmp_path, capsys):
+    result = _run_json(capsys, [*DEMO, "--weights", "none", "--cache-dir", str(tmp_path / "c")])
+    assert result["extract"]["n_images"] == 1078  # the digits' 60% training split
+    assert result["extract"]["warm"]["cache_misses"] == 0
+    labels = [row["backbone"] for row in result["rows"]]
+    assert labels == ["VGG16 (random init)", "raw pixels 16x16"]
+    # Even random features and raw pixels carry the digits far above chance (0.1).
+    assert all(row["accuracy"] > 0.8 for row in result["rows"])
+
+
+def test_demo_says_clearly_when_imagenet_weights_are_unavailable(tmp_path, capsys, monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    result = _run_json(capsys, [*DEMO, "--cache-dir", str(tmp_path / "c")])
+    assert result["pretrained"] is None
+    assert "Cannot obtain the ImageNet weights of VGG16" in result["weights_error"]
+    # Never silently swapped: only rows labelled as baselines are shown.
+    assert [row["backbone"] for row in result["rows"]] == [
+        "VGG16 (random weights)",
+        "raw pixels 16x16",
+    ]
 
 
 @pytest.mark.skipif(shutil.which("featx") is None, reason="the featx script is not installed")

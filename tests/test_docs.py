@@ -28,11 +28,12 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_command in ci
 
 
-@pytest.mark.parametrize("code", _blocks("python"), ids=lambda c: c.splitlines()[0][:40])
-def test_readme_python_runs(code, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("code", _blocks("python"), ids=lambda c: c.splitlines()[-1][:40])
+def test_readme_python_runs(code, tmp_path, monkeypatch):
+    """Each block holds its own assertions (what a reader is told to expect)."""
+    assert "assert " in code
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
-    assert "(8, 1280)" in capsys.readouterr().out
 
 
 def test_cache_folder_has_its_readme():
