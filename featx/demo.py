@@ -28,6 +28,14 @@ __all__ = ["run_demo", "write_digits"]
 
 DIGITS_SIZE = 96
 HEADS = ("logreg", "svm", "mlp")
+# A compact search keeps the first run to a minute or two on a laptop; `featx evaluate`
+# and `featx compare` search the heads' full default grids.
+DEMO_GRIDS = {
+    "logreg": {"clf__C": [0.01, 0.1, 1.0]},
+    "svm": {"clf__estimator__C": [1.0, 10.0]},
+    "linear-svm": {"clf__estimator__C": [0.01, 0.1]},
+    "mlp": {"clf__alpha": [1e-4, 1e-2]},
+}
 
 
 def write_digits(root: str | os.PathLike) -> Path:
@@ -118,6 +126,7 @@ def run_demo(
     backbones.append({"backbone": RawPixels(16), "label": "raw pixels 16x16"})
 
     table = compare(data, backbones=backbones, heads=heads, baselines=False,
+                    grids={h: DEMO_GRIDS[h] for h in heads if h in DEMO_GRIDS},
                     cache_dir=cache_dir, verbose=verbose)
     columns = [c for c in ("backbone", "head", "accuracy", "balanced_accuracy", "macro_f1",
                            "ms_per_image", "dim", "fit_seconds") if c in table.columns]
