@@ -477,10 +477,15 @@ def mutated_images(draw: st.DrawFn) -> bytes:
 )
 @given(data=st.one_of(st.binary(max_size=512), mutated_images()))
 def test_decode_returns_an_image_or_raises_decode_error_never_anything_else(data):
+    started = time.monotonic()
     try:
         out = decode(data, SIZE, name="'fuzz'")
     except DecodeError as exc:
         assert exc.reason
         return
+    finally:
+        # A hang bound, not a speed target: inputs of at most a few kB decode in
+        # milliseconds; 10 s leaves room for a loaded machine.
+        assert time.monotonic() - started < 10.0
     assert out.shape == (*SIZE, 3)
     assert out.dtype == np.uint8
