@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -170,7 +169,9 @@ def test_single_folder_runs_nested_cross_validation(flat_root):
     assert sum(fold["n_test"] for fold in result["folds"]) == result["n_test"] == 24
     assert result["n_train"] == 18
     assert all(fold["chosen_params"]["clf__C"] in grid["C"] for fold in result["folds"])
-    assert result["chosen_params"] == [fold["chosen_params"] for fold in result["folds"]]
+    assert result["chosen_params"] == {
+        "clf__C": [fold["chosen_params"]["clf__C"] for fold in result["folds"]]
+    }
     assert result["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in result["folds"]]))
     assert result["accuracy_std"] == pytest.approx(np.std([f["accuracy"] for f in result["folds"]]))
     assert result["pooled"]["accuracy"] == 1.0
@@ -425,8 +426,8 @@ def clothing_cache(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("head", "at_least"),
-    # Measured (train -> choose on validation -> refit on train+validation -> test):
-    # logreg 0.852 (C=0.01), svm 0.836, mlp 0.83.
+    # Measured (choose on validation, refit on train+validation, score on test):
+    # logreg 0.852 (C=0.01), svm 0.836 (C=10), mlp 0.852 (alpha=1e-4).
     [("logreg", 0.83), ("svm", 0.80), ("mlp", 0.80)],
 )
 def test_clothing10_accuracy_with_the_shared_weights(head, at_least, clothing_cache):
@@ -456,7 +457,9 @@ def test_intel6_pretraining_beats_random_weights_and_pixels(tmp_path_factory):
         cache_dir=tmp_path_factory.mktemp("intel6-cache"),
     )
     accuracy = dict(zip(table["backbone"], table["accuracy"], strict=True))
-    # Measured (5-fold nested CV): pretrained 0.89, random weights 0.5, raw pixels 0.5.
+    # Measured (5-fold nested CV, mean +- std over folds): pretrained 0.908 +- 0.008,
+    # random weights 0.561 +- 0.025, raw pixels 16x16 0.515 +- 0.028.
     assert accuracy["MobileNetV2"] >= accuracy["MobileNetV2 (random weights)"] + 0.25
     assert accuracy["MobileNetV2"] > accuracy["raw pixels 16x16"]
-    assert not math.isnan(table["accuracy_std"].iloc[0])
+    assert accuracy["MobileNetV2"] >= 0.85
+    assert table["accuracy_std"].notna().all()
