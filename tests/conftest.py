@@ -14,6 +14,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from featx.backbones import Backbone
 
 ROOT = Path(__file__).resolve().parents[1]
+# What `featx extract --json` (Embeddings.summary) promises, as the core issue lists it.
+SUMMARY_FIELDS = (
+    "n_images",
+    "dim",
+    "seconds",
+    "images_per_second",
+    "cache_hits",
+    "cache_misses",
+    "failed",
+)
 SHARED = Path(os.environ.get("FEATX_SHARED", ROOT.parent / "shared"))
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_160_no_top.weights.h5"
 CLOTHING10 = SHARED / "datasets" / "clothing10"

@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import SUMMARY_FIELDS
 
 from featx import Embeddings
 from featx.backbones import list_backbones
@@ -27,15 +28,7 @@ def _run_json(capsys, argv: list[str]) -> dict:
 def test_extract_json_then_warm_run(image_folder, tmp_path, capsys):
     argv = ["extract", str(image_folder), *EXTRACT, "--cache-dir", str(tmp_path / "c"), "--json"]
     first = _run_json(capsys, argv)
-    for key in (
-        "n_images",
-        "dim",
-        "seconds",
-        "images_per_second",
-        "cache_hits",
-        "cache_misses",
-        "failed",
-    ):
+    for key in SUMMARY_FIELDS:
         assert key in first
     assert (first["n_images"], first["dim"], first["cache_misses"]) == (12, 512, 12)
     second = _run_json(capsys, argv)

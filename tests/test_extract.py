@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import CountingBackbone, random_image
+from conftest import SUMMARY_FIELDS, CountingBackbone, random_image
 
 from featx import Embeddings, Extractor
 
@@ -185,15 +185,7 @@ def test_save_and_load_round_trip(image_folder, tmp_path):
 
 def test_summary_has_the_documented_fields(image_folder):
     summary = _extractor(CountingBackbone(), None).extract(image_folder).summary()
-    for key in (
-        "n_images",
-        "dim",
-        "seconds",
-        "images_per_second",
-        "cache_hits",
-        "cache_misses",
-        "failed",
-    ):
+    for key in SUMMARY_FIELDS:
         assert key in summary
     assert summary["n_images"] == 12 and summary["dim"] == 6
 
