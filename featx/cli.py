@@ -122,6 +122,29 @@ def _parser() -> argparse.ArgumentParser:
                            help="leave out the raw-pixel and random-weight baselines")
             p.add_argument("--csv", default=None, help="also write the table to FILE.csv")
 
+    p = sub.add_parser("report", help="maps and separation metrics of backbones or layers: "
+                       "an interactive HTML page and a PNG/SVG figure")
+    p.add_argument("source", help="a class-per-folder directory or a root with train/ test/")
+    p.add_argument("--backbones", nargs="+", default=None, metavar="SPEC",
+                   help="one panel each: NAME[:weights=W][:size=N][:layer=L][:pooling=P]"
+                   "[:label=TEXT], e.g. MobileNetV2:weights=none (default: --backbone)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers of the first backbone, one panel each "
+                   "('last' is its last block)")
+    p.add_argument("--method", choices=("umap", "pca", "tsne"), default="umap")
+    p.add_argument("--out", default="report.html", help="the HTML page (default report.html)")
+    p.add_argument("--png", default=None, help="also write the figure as PNG")
+    p.add_argument("--svg", default=None, help="also write the figure as SVG")
+    p.add_argument("--heads", default="logreg",
+                   help="heads of the classifier table, comma-separated, or 'none'")
+    p.add_argument("--compare", default=None, metavar="FILE",
+                   help="show this `featx compare --json` (or --csv) output instead")
+    p.add_argument("--cv", type=int, default=5, help="folds of the classifier table")
+    p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN metrics")
+    p.add_argument("--no-thumbnails", action="store_true", help="no image thumbnails on hover")
+    p.add_argument("--title", default=None)
+    _add_backbone_options(p, default_weights="imagenet")
+
     p = sub.add_parser("backbones", help="list the registry")
     p.add_argument("--json", action="store_true")
 
@@ -245,6 +268,34 @@ def _compare(args: argparse.Namespace) -> Result:
     return {"rows": records, "csv": args.csv}, table.to_string(index=False)
 
 
+def _report(args: argparse.Namespace) -> Result:
+    from featx.report import load_comparison, parse_backbone_spec, report
+
+    params = _extractor_params(args)
+    layer = params.pop("layer")
+    specs = args.backbones or [args.backbone]
+    entries = [{**({"layer": layer} if layer else {}), **parse_backbone_spec(s)} for s in specs]
+    layers = None
+    if args.layers:
+        layers = [None if n.strip() == "last" else n.strip() for n in args.layers.split(",")]
+    heads = [h.strip() for h in args.heads.split(",") if h.strip() and h.strip() != "none"]
+    result = report(
+        args.source, backbones=entries, layers=layers, method=args.method, out=args.out,
+        png=args.png, svg=args.svg, heads=heads,
+        comparison=load_comparison(args.compare) if args.compare else None,
+        cv=args.cv, k=args.k, thumbnails=not args.no_thumbnails, title=args.title, **params,
+    )
+    lines = [f"{'panel':<40}{'k-NN':>7}{'k-NN 2-D':>10}{'silhouette':>12}{'trust':>8}"]
+    for panel in result["panels"]:
+        m = panel["metrics"]
+        silhouette = "-" if m["silhouette"] is None else f"{m['silhouette']:.3f}"
+        lines.append(f"{panel['label'][:39]:<40}{m['knn_accuracy']:>7.3f}"
+                     f"{m['knn_accuracy_2d']:>10.3f}{silhouette:>12}{m['trustworthiness']:>8.3f}")
+    written = [p for p in (result["out"], result["png"], result["svg"]) if p]
+    lines.append(f"wrote {', '.join(written)} in {result['seconds']['total']:.1f} s")
+    return result, "\n".join(lines)
+
+
 def _backbones(args: argparse.Namespace) -> Result:
     from featx.backbones import list_backbones
 
@@ -321,7 +372,7 @@ def _demo(args: argparse.Namespace) -> Result:
 
 _COMMANDS = {
     "extract": _extract, "train": _train, "predict": _predict, "evaluate": _evaluate,
-    "compare": _compare, "backbones": _backbones, "cache": _cache, "demo": _demo,
+    "compare": _compare, "report": _report, "backbones": _backbones, "cache": _cache, "demo": _demo,
 }
 
 

@@ -1,0 +1,457 @@
+"""Reports: how several backbones (or layers of one) separate the classes of a dataset.
+
+:func:`report` runs the whole flow for a labelled source: embeddings of every backbone
+(from the cache where present), a 2-D map of each (cached too), maps aligned onto the first
+panel's, separation metrics (:mod:`featx.separation`) and a classifier comparison
+(:func:`featx.compare`). It then writes an interactive, self-contained HTML page
+(:mod:`featx.html_report`) and, if asked, a static PNG/SVG figure (:mod:`featx.figure`).
+Plotting libraries are imported only by those writers.
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> from PIL import Image
+>>> from featx.backbones import RawPixels
+>>> from featx.report import report
+>>> root = Path(tempfile.mkdtemp())
+>>> for name, grey in [("dark", 40), ("light", 200)]:
+...     (root / name).mkdir()
+...     for i in range(8):
+...         Image.new("RGB", (8, 8), (grey + 5 * i,) * 3).save(root / name / f"{i}.png")
+>>> result = report(root, backbones=[RawPixels(4), RawPixels(2)], method="pca",
+...                 out=root / "report.html", heads=(), cache_dir=None)
+>>> [panel["metrics"]["knn_accuracy"] for panel in result["panels"]]
+[1.0, 1.0]
+>>> (root / "report.html").exists()
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.backbones import Backbone
+from featx.cache import EmbeddingCache
+from featx.extract import Embeddings, Extractor
+from featx.images import DecodeError, array_to_rgb, decode
+from featx.sources import resolve_source
+
+__all__ = ["Panel", "ReportData", "load_comparison", "parse_backbone_spec", "report"]
+
+THUMBNAIL_SIZE = 64
+# Keys of the CLI's per-backbone syntax NAME[:key=value]...; see parse_backbone_spec.
+SPEC_KEYS = ("weights", "size", "layer", "pooling", "label", "seed")
+
+
+@dataclass
+class Panel:
+    """One backbone (or layer) on the page."""
+
+    label: str
+    coords: np.ndarray  # (n, 2), aligned onto the first panel's
+    metrics: dict[str, Any]  # see featx.separation.separation_metrics
+    predicted: np.ndarray  # leave-one-out k-NN label index of every point
+    details: dict[str, Any] = field(default_factory=dict)  # dim, cost, fingerprint, ...
+
+
+@dataclass
+class ReportData:
+    """Everything the writers draw; rows are images, in the same order in every panel."""
+
+    title: str
+    classes: list[str]
+    y: np.ndarray
+    names: list[str]  # what hovering shows as the image's path or name
+    thumbnails: list[str]  # data: URIs of small JPEGs, or "" where none
+    panels: list[Panel]
+    method: str
+    comparison: Any = None  # a featx.compare table (pandas.DataFrame), or None
+
+
+def report(
+    source: Any,
+    *,
+    backbones: Sequence[str | Mapping[str, Any] | Backbone] = ("MobileNetV2",),
+    layers: Sequence[str | None] | None = None,
+    weights: str | os.PathLike | None = "imagenet",
+    input_size: int | tuple[int, int] | None = None,
+    pooling: str = "avg",
+    resize: str = "stretch",
+    method: str = "umap",
+    out: str | os.PathLike | None = "report.html",
+    png: str | os.PathLike | None = None,
+    svg: str | os.PathLike | None = None,
+    heads: Sequence[str] = ("logreg",),
+    comparison: Any = None,
+    cv: int = 5,
+    k: int = 5,
+    thumbnails: bool = True,
+    title: str | None = None,
+    cache_dir: str | os.PathLike | None = "auto",
+    batch_size: int = 32,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Compare how backbones (or layers) separate classes; write HTML and a figure.
+
+    Parameters
+    ----------
+    source : path or DataFrame
+        Labelled images: a class-per-folder directory, a dataset root with ``train/``,
+        ``validation/`` and ``test/`` (all splits are shown together), or a DataFrame
+        with ``path`` and ``label`` columns.
+    backbones : sequence, default ("MobileNetV2",)
+        One panel each: registry names (using ``weights``, ``input_size``, ``pooling``),
+        dicts of :class:`~featx.Extractor` parameters with an optional ``"label"``
+        (per-backbone weights: ``{"backbone": "MobileNetV2", "weights": None}``), or
+        :class:`~featx.backbones.Backbone` instances.
+    layers : sequence of str or None, optional
+        Instead of several backbones, one panel per layer of the first backbone (``None``
+        is its last block), e.g. ``["block_3_expand_relu", "block_9_expand_relu", None]``.
+    weights, input_size, pooling, resize, batch_size, seed
+        Defaults for backbones given by name.
+    method : {"umap", "pca", "tsne"}, default "umap"
+    out : path or None, default "report.html"
+        The interactive HTML page (self-contained, works offline).
+    png, svg : path, optional
+        The static figure.
+    heads : sequence of str, default ("logreg",)
+        Heads of the classifier comparison, each at its default parameters, under
+        ``cv``-fold cross-validation (or the dataset's own splits). Empty: no comparison.
+    comparison : pandas.DataFrame, optional
+        A :func:`featx.compare` table to show instead of computing one.
+    cv, k
+        Folds of the comparison; neighbours of the k-NN metrics.
+    thumbnails : bool, default True
+        Embed a small thumbnail of every image for hovering.
+    title : str, optional
+    cache_dir : path, "auto" or None
+        Embeddings and maps are cached here.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``out``, ``png``, ``svg``, ``n_points``, ``classes``, ``panels`` (label,
+        metrics, per-class separation, dim, cost), ``comparison`` (rows) and ``seconds``.
+    """
+    from featx.evaluate import _entry, _split_layout, compare
+
+    start = time.perf_counter()
+    if method not in ("umap", "pca", "tsne"):
+        raise ValueError(f"method={method!r} is not supported. Expected umap, pca or tsne.")
+    if not backbones:
+        raise ValueError("backbones= is empty. Pass at least one backbone.")
+    defaults = {
+        "weights": weights,
+        "input_size": input_size,
+        "pooling": pooling,
+        "resize": resize,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    entries = [_entry(b, defaults) for b in backbones]
+    if layers:
+        first = entries[0]
+        entries = [
+            type(first)(
+                f"{first.label} / {layer or 'last block'}", {**first.params, "layer": layer}
+            )
+            for layer in layers
+        ]
+    images = _labelled_source(source, _split_layout)
+    timings: dict[str, float] = {}
+
+    embedded: list[tuple[Any, Embeddings, Extractor]] = []
+    for entry in entries:
+        extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
+        emb = extractor.extract(images)
+        if emb.y is None or emb.classes is None:
+            raise ValueError(
+                "A report needs labelled images: a class-per-folder directory, a dataset "
+                "root with train/ and test/, or a DataFrame with a label column."
+            )
+        embedded.append((entry, emb, extractor))
+    timings["extract"] = time.perf_counter() - start
+
+    common = _common_rows([emb for _, emb, _ in embedded])
+    first_emb = embedded[0][1]
+    rows = np.searchsorted(first_emb.index, common)
+    y = first_emb.y[rows]
+    classes = list(first_emb.classes)
+    names = [first_emb.paths[i] for i in rows] if first_emb.paths else [f"#{i}" for i in common]
+
+    mark = time.perf_counter()
+    maps = []
+    for _, emb, extractor in embedded:
+        X = emb.X[np.searchsorted(emb.index, common)]
+        maps.append(_cached_map(X, method, seed, extractor.cache))
+    aligned = [_align_all(maps[0], m) for m in maps]
+    timings["project"] = time.perf_counter() - mark
+
+    from featx.separation import separation_metrics
+
+    mark = time.perf_counter()
+    panels = []
+    for (entry, emb, extractor), coords in zip(embedded, aligned, strict=True):
+        X = emb.X[np.searchsorted(emb.index, common)]
+        metrics = separation_metrics(X, coords, y, classes, k=k, seed=seed)
+        predicted = metrics.pop("predicted")
+        panels.append(Panel(entry.label, coords, metrics, predicted, _details(emb, extractor)))
+    timings["metrics"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    if comparison is None and heads:
+        comparison = compare(
+            source,
+            backbones=[{**e.params, "label": e.label} for e in entries],
+            heads=list(heads),
+            baselines=False,
+            grids={h: {} for h in heads},
+            cv=cv,
+            cache_dir=cache_dir,
+            seed=seed,
+        )
+    timings["compare"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    thumbs = _thumbnails(images, common) if thumbnails else [""] * len(common)
+    data = ReportData(
+        title=title or f"featx: {_source_name(source)}",
+        classes=classes,
+        y=y,
+        names=names,
+        thumbnails=thumbs,
+        panels=panels,
+        method=method,
+        comparison=comparison,
+    )
+    if out is not None:
+        from featx.html_report import write_html
+
+        write_html(data, out)
+    for path in (png, svg):
+        if path is not None:
+            from featx.figure import write_figure
+
+            write_figure(data, path)
+    timings["write"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - start
+    return summary(data, out=out, png=png, svg=svg, seconds=timings)
+
+
+def summary(data: ReportData, **extra: Any) -> dict[str, Any]:
+    """The JSON-ready description of a report (what ``featx report --json`` prints)."""
+    from featx.evaluate import _jsonable
+
+    comparison = None
+    if data.comparison is not None:
+        import json
+
+        comparison = json.loads(data.comparison.to_json(orient="records"))
+    return _jsonable(
+        {
+            "title": data.title,
+            "n_points": len(data.y),
+            "classes": data.classes,
+            "method": data.method,
+            "panels": [
+                {
+                    "label": p.label,
+                    **p.details,
+                    "metrics": {k: v for k, v in p.metrics.items() if k != "per_class"},
+                    "per_class": p.metrics["per_class"],
+                }
+                for p in data.panels
+            ],
+            "comparison": comparison,
+            **{k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in extra.items()},
+        }
+    )
+
+
+def load_comparison(path: str | os.PathLike):
+    """A saved :func:`featx.compare` table: ``featx compare --json`` output or ``--csv`` file."""
+    import json
+
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return pd.read_csv(path)
+    with open(path, encoding="utf-8") as f:
+        content = json.load(f)
+    rows = content.get("rows") if isinstance(content, dict) else content
+    if not isinstance(rows, list):
+        raise ValueError(
+            f"{str(path)!r} is not a featx compare table. Expected the output of "
+            '`featx compare --json` (an object with "rows") or of `--csv`.'
+        )
+    return pd.DataFrame(rows)
+
+
+def parse_backbone_spec(text: str) -> dict[str, Any]:
+    """``NAME[:key=value]...`` -> a backbone entry for :func:`report` and :func:`compare`.
+
+    Keys: ``weights`` (``imagenet``, ``none`` for seeded random weights, or a file path),
+    ``size``, ``layer``, ``pooling``, ``label``, ``seed``. A ``:`` starts a new key only
+    when a known key and ``=`` follow it, so paths may contain colons.
+
+    Examples
+    --------
+    >>> parse_backbone_spec("MobileNetV2:weights=none:size=160")
+    {'backbone': 'MobileNetV2', 'weights': None, 'input_size': 160}
+    >>> parse_backbone_spec("MobileNetV2:weights=w/mobilenet.h5:label=pretrained")
+    {'backbone': 'MobileNetV2', 'weights': 'w/mobilenet.h5', 'label': 'pretrained'}
+    """
+    pattern = r":(?=(?:" + "|".join(SPEC_KEYS) + r")=)"
+    name, *pairs = re.split(pattern, text.strip())
+    if not name:
+        raise ValueError(f"Backbone spec {text!r} has no backbone name, e.g. 'MobileNetV2'.")
+    entry: dict[str, Any] = {"backbone": name}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key == "weights":
+            entry["weights"] = None if value.lower() == "none" else value
+        elif key == "size":
+            entry["input_size"] = _size_value(value, text)
+        elif key == "seed":
+            entry["seed"] = int(value)
+        else:
+            entry[key] = value
+    return entry
+
+
+def _size_value(value: str, text: str) -> int | tuple[int, int]:
+    parts = value.lower().split("x")
+    if not all(p.isdigit() for p in parts) or len(parts) > 2:
+        raise ValueError(f"Backbone spec {text!r}: size={value!r} should be N or HxW.")
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
+# -- steps ----------------------------------------------------------------------------------
+
+
+def _labelled_source(source: Any, split_layout) -> Any:
+    """A dataset root with splits becomes one DataFrame of every split's images."""
+    splits = split_layout(source)
+    if splits is None:
+        return source
+    import pandas as pd
+
+    frames = []
+    for split, folder in splits.sources.items():
+        found = resolve_source(folder)
+        if found.y is None:
+            raise ValueError(f"The {split} split {str(folder)!r} has no class subfolders.")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "path": found.inputs,
+                    "label": [found.classes[i] for i in found.y],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _common_rows(embeddings: list[Embeddings]) -> np.ndarray:
+    """Source positions every backbone embedded (the same unless an input failed)."""
+    common = embeddings[0].index
+    for emb in embeddings[1:]:
+        common = np.intersect1d(common, emb.index)
+    if len(common) == 0:
+        raise ValueError("No image was embedded by every backbone; nothing to show.")
+    return np.asarray(common)
+
+
+def _cached_map(X: np.ndarray, method: str, seed: int, cache: EmbeddingCache) -> np.ndarray:
+    """The 2-D map of X, memoised on disk beside the embeddings (joblib.Memory)."""
+
+    if cache.location is None:
+        return _fit_map(X, method, seed, "")
+    import joblib
+
+    memory = joblib.Memory(cache.location / "projections", verbose=0)
+    return memory.cache(_fit_map)(X, method, seed, _method_version(method))
+
+
+def _fit_map(X: np.ndarray, method: str, seed: int, version: str) -> np.ndarray:
+    """The map of the cosine geometry the metrics use: unit-length rows, not standardised."""
+    from featx.projection import project
+    from featx.separation import embedding_space
+
+    return project(embedding_space(X, "cosine"), method, seed=seed, standardize=False).embedding_
+
+
+def _method_version(method: str) -> str:
+    """Part of the map's cache key: a new umap-learn or scikit-learn may map differently."""
+    from importlib.metadata import version
+
+    return version("umap-learn" if method == "umap" else "scikit-learn")
+
+
+def _align_all(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    from featx.projection import align
+
+    return align(reference, coords).astype(np.float32)
+
+
+def _details(emb: Embeddings, extractor: Extractor) -> dict[str, Any]:
+    identity = extractor.backbone.identity()
+    seconds_per_image = extractor.cache.seconds_per_image(extractor.fingerprint)
+    return {
+        "backbone": identity.get("architecture"),
+        "weights": str(identity.get("weights")),
+        "layer": identity.get("layer"),
+        "input_size": list(extractor.input_size),
+        "dim": emb.dim,
+        "ms_per_image": None if seconds_per_image is None else round(1000 * seconds_per_image, 3),
+        "cache_hits": emb.cache_hits,
+        "cache_misses": emb.cache_misses,
+        "extract_seconds": round(emb.seconds, 3),
+        "fingerprint": emb.fingerprint,
+    }
+
+
+def _thumbnails(source: Any, rows: np.ndarray) -> list[str]:
+    """A small JPEG of each image, as a data: URI (empty where it cannot be read)."""
+    from PIL import Image
+
+    images = resolve_source(source)
+    size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    out = []
+    for i in rows:
+        item = images.inputs[int(i)]
+        try:
+            if isinstance(item, str):
+                with open(item, "rb") as f:
+                    pixels = decode(f.read(), size, resize="center_crop")
+            elif isinstance(item, np.ndarray):
+                pixels = array_to_rgb(item, size, resize="center_crop")
+            else:
+                pixels = np.asarray(item.convert("RGB").resize(size))
+        except (OSError, DecodeError):
+            out.append("")
+            continue
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=75)
+        out.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return out
+
+
+def _source_name(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return path.resolve().name or str(path)
+    return type(source).__name__

@@ -1,0 +1,266 @@
+"""Separation metrics: how well a representation keeps classes apart.
+
+Computed per backbone (or layer) in the full embedding space and in its 2-D map:
+
+- k-NN accuracy (leave-one-out): each image is labelled by the majority of its k nearest
+  other images. High when classes form their own neighbourhoods.
+- silhouette: for each image, (b - a) / max(a, b), where a is its mean distance to its own
+  class and b to the nearest other class; averaged. From -1 (mixed) to 1 (separate).
+- trustworthiness of the map (``sklearn.manifold.trustworthiness``): how far the 2-D
+  neighbours of each point are also its neighbours in the full space; 1 is perfect.
+- per class: the nearest other class (smallest mean distance) and the margin (the class's
+  mean silhouette against it: above 0, its images sit closer to each other than to that class).
+
+In the full space, distances follow the cosine geometry usual for CNN embeddings: rows are
+scaled to unit length, and the Euclidean (chord) distance between unit vectors orders
+neighbours exactly as cosine distance does. It ignores each backbone's overall feature
+scale (randomly initialised networks output values near 1e-11). ``geometry="standardized"``
+uses Euclidean distance on standardised features instead. Quadratic-cost metrics run on a
+seeded, stratified sample above ``max_samples``; the result says how many points each used.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> X = np.concatenate([rng.normal(0, 1, (30, 5)), rng.normal(6, 1, (30, 5))])
+>>> y = np.repeat([0, 1], 30)
+>>> knn_accuracy(X, y)
+1.0
+>>> round(silhouette(X, y), 2) > 0.5
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import pairwise_distances_chunked
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "GEOMETRIES",
+    "METRIC_HELP",
+    "class_separation",
+    "embedding_space",
+    "knn_accuracy",
+    "knn_predict",
+    "separation_metrics",
+    "silhouette",
+]
+
+METRIC_HELP = {
+    "knn_accuracy": "Leave-one-out k-NN accuracy in the full embedding space (cosine): each "
+    "image labelled by the majority of its k nearest other images.",
+    "knn_accuracy_2d": "The same k-NN accuracy on the 2-D map: how much class structure "
+    "the picture keeps.",
+    "silhouette": "Mean silhouette in the full space (unit-length embeddings), from -1 "
+    "(classes mixed) to 1 (compact, well-separated classes); near 0 is usual in high "
+    "dimensions, so compare backbones with each other.",
+    "silhouette_2d": "Mean silhouette on the 2-D map.",
+    "trustworthiness": "How far each point's neighbours on the map are also its neighbours "
+    "in the full space (1 = the map invents no false neighbours).",
+    "nearest_class": "Per class: the other class whose images are, on average, closest.",
+    "margin": "Per class: mean silhouette against that nearest class; above 0 the class "
+    "keeps to itself, below 0 it overlaps.",
+}
+
+DEFAULT_K = 5
+MAX_SAMPLES = 5000
+
+
+def knn_predict(X: Any, y: Any, k: int = DEFAULT_K) -> np.ndarray:
+    """Leave-one-out k-NN predictions: each row labelled by its k nearest *other* rows.
+
+    Ties between classes go to the class of the nearest neighbour among the tied ones.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    if len(X) < 2:
+        raise ValueError(f"k-NN needs at least 2 samples; got {len(X)}.")
+    k = max(1, min(k, len(X) - 1))
+    _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X)
+    rows = np.arange(len(X))
+    # Drop each row itself; with exact duplicates it may not come first.
+    is_self = neighbours == rows[:, None]
+    keep = np.where(is_self.any(axis=1)[:, None], ~is_self, np.arange(k + 1) < k)
+    neighbours = neighbours[keep].reshape(len(X), k)
+    labels = y[neighbours]
+    predicted = np.empty(len(X), dtype=y.dtype)
+    for i, row in enumerate(labels):
+        values, counts = np.unique(row, return_counts=True)
+        tied = values[counts == counts.max()]
+        predicted[i] = row[np.isin(row, tied)][0]  # the nearest of the tied classes
+    return predicted
+
+
+def knn_accuracy(X: Any, y: Any, k: int = DEFAULT_K) -> float:
+    """Leave-one-out k-NN accuracy (see :func:`knn_predict`)."""
+    return float(np.mean(knn_predict(X, y, k) == np.asarray(y)))
+
+
+def _class_distances(X: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, n_classes): each row's mean distance to every class's points (itself included)."""
+    onehot = np.zeros((len(X), n_classes))
+    onehot[np.arange(len(X)), y] = 1.0
+    sums = np.concatenate(
+        [chunk @ onehot for chunk in pairwise_distances_chunked(X, n_jobs=1)], axis=0
+    )
+    return sums / np.maximum(onehot.sum(axis=0), 1.0)
+
+
+def _silhouette_parts(X: np.ndarray, y: np.ndarray, n_classes: int):
+    means = _class_distances(X, y, n_classes)
+    counts = np.bincount(y, minlength=n_classes)
+    own = counts[y]
+    a = means[np.arange(len(X)), y] * own / np.maximum(own - 1, 1)  # leave itself out
+    others = means.copy()
+    others[np.arange(len(X)), y] = np.inf
+    others[:, counts == 0] = np.inf
+    b = others.min(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(own > 1, (b - a) / np.maximum(a, b), 0.0)  # singletons score 0
+    return np.nan_to_num(s), means, counts
+
+
+def silhouette(X: Any, y: Any) -> float:
+    """Mean silhouette with Euclidean distance (equal to ``sklearn.metrics.silhouette_score``)."""
+    y = np.asarray(y)
+    _, codes = np.unique(y, return_inverse=True)
+    if len(np.unique(codes)) < 2:
+        raise ValueError("The silhouette needs at least 2 classes.")
+    s, _, _ = _silhouette_parts(np.asarray(X, dtype=np.float64), codes, int(codes.max()) + 1)
+    return float(s.mean())
+
+
+def class_separation(X: Any, y: Any, classes: list[str]) -> list[dict[str, Any]]:
+    """Per class: its nearest other class, the margin against it, and its size.
+
+    ``y`` holds integer labels indexing ``classes``. The margin is the class's mean
+    silhouette computed against its nearest class: (b - a) / max(a, b) per image, with a the
+    mean distance to its own class and b the mean distance to the nearest class's images.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    n_classes = len(classes)
+    _, means, counts = _silhouette_parts(X, y, n_classes)
+    rows = []
+    for c, name in enumerate(classes):
+        members = y == c
+        if not members.any():
+            continue
+        centre = means[members].mean(axis=0)
+        centre[c] = np.inf
+        centre[counts == 0] = np.inf
+        if not np.isfinite(centre).any():
+            rows.append(
+                {"class": name, "n": int(members.sum()), "nearest_class": None, "margin": None}
+            )
+            continue
+        nearest = int(np.argmin(centre))
+        own = counts[c]
+        a = means[members, c] * own / max(own - 1, 1)
+        b = means[members, nearest]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.where(own > 1, (b - a) / np.maximum(a, b), 0.0)
+        rows.append(
+            {
+                "class": name,
+                "n": int(members.sum()),
+                "nearest_class": classes[nearest],
+                "margin": round(float(np.nan_to_num(s).mean()), 4),
+            }
+        )
+    return rows
+
+
+GEOMETRIES = ("cosine", "standardized")
+
+
+def embedding_space(X: Any, geometry: str = "cosine") -> np.ndarray:
+    """X as the metrics see it: unit-length rows (``"cosine"``) or standardised columns."""
+    from sklearn.preprocessing import normalize
+
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry={geometry!r} is not supported. Expected one of {GEOMETRIES}.")
+    X = np.asarray(X, dtype=np.float64)
+    return normalize(X) if geometry == "cosine" else StandardScaler().fit_transform(X)
+
+
+def separation_metrics(
+    X: Any,
+    coords: Any,
+    y: Any,
+    classes: list[str],
+    *,
+    geometry: str = "cosine",
+    k: int = DEFAULT_K,
+    max_samples: int = MAX_SAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All separation metrics of one representation and its 2-D map.
+
+    Parameters
+    ----------
+    X : array-like (n, d)
+        Embeddings, as extracted.
+    coords : array-like (n, 2)
+        Their map (e.g. :class:`~featx.projection.Projector`'s ``embedding_``).
+    y : array-like (n,)
+        Integer labels indexing ``classes``.
+    classes : list of str
+    geometry : {"cosine", "standardized"}, default "cosine"
+        Distances in the full space (see the module's description).
+    k : int, default 5
+        Neighbours for k-NN accuracy and trustworthiness.
+    max_samples : int, default 5000
+        Silhouettes, per-class margins and trustworthiness cost O(n^2): above this many
+        points they use a seeded, stratified sample of this size.
+    seed : int, default 0
+
+    Returns
+    -------
+    dict
+        ``knn_accuracy``, ``knn_accuracy_2d``, ``silhouette``, ``silhouette_2d``,
+        ``trustworthiness``, ``per_class`` (list of dicts), ``predicted`` (the leave-one-out
+        k-NN label of every point, full space), ``k``, ``n``, ``n_sampled``.
+    """
+    from sklearn.manifold import trustworthiness
+
+    X = embedding_space(X, geometry)
+    coords = np.asarray(coords, dtype=np.float64)
+    y = np.asarray(y)
+    if len(X) != len(coords) or len(X) != len(y):
+        raise ValueError(
+            f"X, coords and y must describe the same points: got {len(X)}, {len(coords)} "
+            f"and {len(y)} rows."
+        )
+    predicted = knn_predict(X, y, k)
+    sample = _stratified_sample(y, max_samples, seed)
+    Xs, Cs, ys = X[sample], coords[sample], y[sample]
+    several = len(np.unique(ys)) > 1
+    return {
+        "knn_accuracy": round(float(np.mean(predicted == y)), 4),
+        "knn_accuracy_2d": round(knn_accuracy(coords, y, k), 4),
+        "silhouette": round(silhouette(Xs, ys), 4) if several else None,
+        "silhouette_2d": round(silhouette(Cs, ys), 4) if several else None,
+        "trustworthiness": round(
+            float(trustworthiness(Xs, Cs, n_neighbors=max(1, min(k, len(Xs) // 2 - 1)))), 4
+        ),
+        "per_class": class_separation(Xs, ys, classes),
+        "predicted": predicted,
+        "k": k,
+        "n": len(X),
+        "n_sampled": len(sample),
+    }
+
+
+def _stratified_sample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Row indices: all rows, or a seeded sample of ``size`` keeping class proportions."""
+    if len(y) <= size:
+        return np.arange(len(y))
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(y)), train_size=size, stratify=y, random_state=seed)
+    return np.sort(keep)

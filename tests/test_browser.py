@@ -1,0 +1,240 @@
+"""The HTML report in a real browser: headless Chromium, driven by Playwright, offline.
+
+Needs Debian's ``chromium`` (``.ci/run`` installs it) and the ``playwright`` package (the
+``test`` extra; Playwright's own browser download is not used). Outside CI a machine
+without Chromium skips these tests; in CI (``CI`` set) a missing Chromium fails them.
+Screenshots go to ``$FEATX_SCREENSHOT_DIR`` when set (and to pytest's tmp_path always).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import random_image
+
+from featx.backbones import RawPixels
+from featx.html_report import write_html
+from featx.report import Panel, ReportData, report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags for this closed network: no background connections, no sandbox as root, no GPU.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCRIPT_CLASS = "<script>alert(1)</script>"
+IMG_CLASS = "<img src=x onerror=alert(2)>"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package (pip install -e '.[test]')")
+    if CHROMIUM is None:
+        _missing("Chromium (apt-get install chromium)")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1500, "height": 1100},
+        )
+        yield context
+        context.close()
+
+
+def _missing(what: str) -> None:
+    message = f"The browser test needs {what}."
+    if os.environ.get("CI"):
+        pytest.fail(message + " .ci/run installs it.")
+    pytest.skip(message)
+
+
+class Page:
+    """One opened report, with everything the page said that should not have happened."""
+
+    def __init__(self, context, path: Path) -> None:
+        self.page = context.new_page()
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else 0)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("dialog", self._dialog)
+        self.page.goto(path.resolve().as_uri())
+        self.page.wait_for_function(
+            "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.index.find_one("
+            "Bokeh.documents[0].get_model_by_name('featx-panel-0'))",
+            timeout=60_000,
+        )
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def js(self, code: str, arg=None):
+        return self.page.evaluate(code, arg)
+
+    def point(self, panel: int, i: int) -> tuple[float, float]:
+        """Where point ``i`` of ``panel`` is drawn, in page pixels."""
+        box = self.js(
+            """([panel, i]) => {
+              const doc = Bokeh.documents[0];
+              const view = Bokeh.index.find_one(doc.get_model_by_name('featx-panel-' + panel));
+              const data = doc.get_model_by_name('featx-points').data;
+              const r = view.el.getBoundingClientRect();
+              return [r.left + view.frame.x_scale.compute(data['x' + panel][i]),
+                      r.top + view.frame.y_scale.compute(data['y' + panel][i])];
+            }""",
+            [panel, i],
+        )
+        return box[0], box[1]
+
+    def drawn(self, panel: int) -> int:
+        """Points drawn in ``panel``: the class renderers' filtered rows, added up."""
+        return self.js(
+            """(panel) => {
+              const doc = Bokeh.documents[0];
+              let n = 0;
+              for (const r of doc.get_model_by_name('featx-panel-' + panel).renderers)
+                if (r.name && r.name.startsWith('featx-class-')) n += r.view.indices.count;
+              return n;
+            }""",
+            panel,
+        )
+
+    def hover(self, panel: int, i: int, exact: bool = True):
+        """Hover point ``i``; with ``exact=False`` any tooltip will do (dense clouds)."""
+        self.page.mouse.move(*self.point(panel, i))
+        tip = self.page.locator("div.featx-tip")
+        if exact:
+            path = self.js(
+                "(i) => Bokeh.documents[0].get_model_by_name('featx-points').data.path[i]", i
+            )
+            tip = tip.filter(has_text=path)
+        tip.first.wait_for(state="visible", timeout=20_000)
+        # One tooltip, for the nearest image, however many points overlap under the cursor.
+        assert self.page.locator("div.featx-tip:visible").count() == 1
+        return tip.first
+
+
+@pytest.fixture(scope="module")
+def small_report(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A real report of 3 classes x 10 photos, two of them named like attacks."""
+    root = tmp_path_factory.mktemp("browser")
+    rows = []
+    for c, label in enumerate(["plain", SCRIPT_CLASS, IMG_CLASS]):
+        for i in range(10):
+            path = root / "images" / f"{c}-{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            pixels = np.asarray(random_image(40 * c + i, size=(48, 48)), dtype=np.float32) * 0.4
+            pixels[..., c] += 140
+            from PIL import Image
+
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
+            rows.append({"path": str(path), "label": label})
+    table = pd.DataFrame(rows)
+    out = root / "report.html"
+    report(table, backbones=[RawPixels(8), RawPixels(4)], method="pca", out=out, heads=(),
+           cache_dir=None)  # fmt: skip
+    return out, table
+
+
+def _screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("FEATX_SCREENSHOT_DIR"):
+        target = Path(os.environ["FEATX_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / name)
+    return path
+
+
+def test_report_in_chromium(browser, small_report, tmp_path):
+    path, table = small_report
+    page = Page(browser, path)
+    n = len(table)
+
+    # Every point and every thumbnail is on the page, in both panels.
+    assert page.js("() => Bokeh.documents[0].get_model_by_name('featx-points').get_length()") == n
+    thumbs = page.js(
+        "() => Bokeh.documents[0].get_model_by_name('featx-points').data.thumb"
+        ".filter(t => t.startsWith('data:image/jpeg;base64,')).length"
+    )
+    assert thumbs == n
+    assert page.drawn(0) == page.drawn(1) == n
+
+    # Hovering shows the thumbnail, true and predicted label and path; hostile labels are text.
+    i = int(np.flatnonzero(table["label"] == SCRIPT_CLASS)[3])
+    tip = page.hover(1, i)
+    assert tip.locator("img").get_attribute("src").startswith("data:image/jpeg;base64,")
+    text = tip.inner_text()
+    assert SCRIPT_CLASS in text and "predicted:" in text and table["path"][i] in text
+    page.page.mouse.move(5, 5)
+
+    # The tables show class names as text too.
+    per_class = page.page.locator("table#featx-per-class").inner_text()  # in Bokeh's shadow DOM
+    assert SCRIPT_CLASS in per_class and IMG_CLASS in per_class
+
+    # Clicking a point selects that image in every panel (one shared selection).
+    page.page.mouse.click(*page.point(0, i))
+    selected = page.js(
+        "() => Bokeh.documents[0].get_model_by_name('featx-points').selected.indices"
+    )
+    assert i in selected
+
+    # Hiding a class (what a legend click does) hides it in every panel.
+    page.js("() => { Bokeh.documents[0].get_model_by_name('featx-class-0-1').visible = false }")
+    page.page.wait_for_function(  # Bokeh runs the linking callback on its next tick
+        "() => Bokeh.documents[0].get_model_by_name('featx-class-1-1').visible === false",
+        timeout=10_000,
+    )
+
+    shot = _screenshot(page, tmp_path, "report-small.png")
+    assert shot.stat().st_size > 20_000
+    assert page.dialogs == [], f"a user string ran as code: {page.dialogs}"
+    assert page.errors == [], page.errors
+
+
+def test_twenty_thousand_points_stay_responsive(browser, tmp_path):
+    n, classes = 20_000, [f"class {c}" for c in range(8)]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, len(classes), n)
+    centres = rng.normal(0, 6, (len(classes), 2))
+    panels = []
+    for p in range(3):
+        coords = (centres[y] + rng.normal(0, 1, (n, 2))).astype(np.float32)
+        predicted = np.where(rng.random(n) < 0.1, (y + 1) % len(classes), y)
+        metrics = {"knn_accuracy": 0.9, "knn_accuracy_2d": 0.9, "silhouette": 0.3,
+                   "silhouette_2d": 0.5, "trustworthiness": 0.9, "k": 5, "n": n,
+                   "n_sampled": 5000,
+                   "per_class": [{"class": c, "n": int((y == i).sum()), "nearest_class": None,
+                                  "margin": None} for i, c in enumerate(classes)]}  # fmt: skip
+        panels.append(Panel(f"panel {p}", coords, metrics, predicted, {"dim": 1280}))
+    data = ReportData("20,000 points", classes, y, [f"img/{i}.jpg" for i in range(n)],
+                      [""] * n, panels, "umap")  # fmt: skip
+    path = write_html(data, tmp_path / "big.html")
+
+    start = time.perf_counter()
+    page = Page(browser, path)
+    assert [page.drawn(p) for p in range(3)] == [n, n, n]
+    assert "img/" in page.hover(2, 12_345, exact=False).inner_text()
+    seconds = time.perf_counter() - start
+    _screenshot(page, tmp_path, "report-20000.png")
+    assert page.errors == [], page.errors
+    print(f"20,000 points x 3 panels: loaded and answered a hover in {seconds:.1f} s")

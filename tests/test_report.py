@@ -1,0 +1,213 @@
+"""featx.report: the whole flow to a self-contained HTML page, a figure and a JSON summary."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import random_image
+from PIL import Image
+
+import featx.projection
+from featx.backbones import RawPixels
+from featx.cli import main
+from featx.report import load_comparison, parse_backbone_spec, report
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+MATH = "$\\nope$ & co"  # unbalanced mathtext: matplotlib raises unless '$' is escaped
+CLASSES = ["cat", HOSTILE, MATH]
+
+
+@pytest.fixture
+def hostile_folder(tmp_path: Path) -> Path:
+    """3 classes x 8 images; the class names are HTML and mathtext that must stay text."""
+    root = tmp_path / "photos"
+    for c, name in enumerate(CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(8):
+            image = random_image(100 * c + i, size=(40, 40))
+            shade = np.asarray(image, dtype=np.float32) * 0.3
+            shade[..., c] += 150  # each class tinted with its own primary colour
+            Image.fromarray(np.clip(shade, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def _report(folder: Path, tmp_path: Path, **params):
+    defaults = {
+        "backbones": [RawPixels(8), RawPixels(4)],
+        "method": "pca",
+        "out": tmp_path / "out" / "report.html",
+        "heads": ("logreg",),
+        "cv": 3,
+        "cache_dir": tmp_path / "cache",
+    }
+    return report(folder, **{**defaults, **params})
+
+
+def test_report_page_figure_and_summary(hostile_folder, tmp_path):
+    png, svg = tmp_path / "out" / "fig.png", tmp_path / "out" / "fig.svg"
+    result = _report(hostile_folder, tmp_path, png=png, svg=svg)
+
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    # Self-contained: every script inline, nothing fetched from a CDN or server.
+    assert "<script src" not in page.replace(" ", "").replace("<scriptsrc", "<script src")
+    assert not re.search(r"<link[^>]+href=", page)
+    assert "cdn.bokeh.org" not in page
+    # Every image has a thumbnail; user strings are never raw HTML in the page.
+    assert page.count("data:image/jpeg;base64,") == 24
+    assert HOSTILE not in page
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "<svg" in svg.read_text()[:500]
+
+    assert result["n_points"] == 24
+    assert result["classes"] == sorted(CLASSES)
+    labels = [panel["label"] for panel in result["panels"]]
+    assert labels == ["raw pixels 8x8", "raw pixels 4x4"]
+    for panel in result["panels"]:
+        assert set(panel["metrics"]) >= {
+            "knn_accuracy", "knn_accuracy_2d", "silhouette", "silhouette_2d", "trustworthiness"
+        }  # fmt: skip
+        assert {row["class"] for row in panel["per_class"]} == set(CLASSES)
+        assert panel["dim"] in (192, 48)
+    assert [row["head"] for row in result["comparison"]] == ["logreg", "logreg"]
+    assert [row["backbone"] for row in result["comparison"]] == labels
+    json.dumps(result)  # JSON-ready as it is
+
+
+def test_classes_separate_in_the_metrics(hostile_folder, tmp_path):
+    result = _report(hostile_folder, tmp_path, heads=())
+    assert result["comparison"] is None
+    assert all(panel["metrics"]["knn_accuracy"] > 0.9 for panel in result["panels"])
+
+
+def test_maps_are_cached_between_runs(hostile_folder, tmp_path, monkeypatch):
+    calls = []
+    original = featx.projection.project
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(featx.projection, "project", counting)
+    first = _report(hostile_folder, tmp_path, heads=())
+    assert len(calls) == 2
+    second = _report(hostile_folder, tmp_path, heads=())
+    assert len(calls) == 2  # both maps came from the cache
+    for a, b in zip(first["panels"], second["panels"], strict=True):
+        assert a["metrics"] == b["metrics"]
+        assert b["cache_misses"] == 0
+
+
+def test_dataset_root_shows_every_split(tmp_path):
+    root = tmp_path / "data"
+    for split, n in (("train", 6), ("test", 3)):
+        for c, name in enumerate(["a", "b"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                random_image(50 * c + 10 * i + n).save(folder / f"{i}.png")
+    result = report(root, backbones=[RawPixels(4)], method="pca", out=None, heads=(),
+                    cache_dir=None)  # fmt: skip
+    assert result["n_points"] == 18
+    assert result["classes"] == ["a", "b"]
+
+
+def test_unlabelled_images_are_refused(tmp_path):
+    paths = []
+    for i in range(6):
+        random_image(i).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    with pytest.raises(ValueError, match="A report needs labelled images"):
+        report(paths, backbones=[RawPixels(4)], method="pca", out=None, cache_dir=None)
+
+
+def test_bad_method_is_named(hostile_folder, tmp_path):
+    with pytest.raises(ValueError, match="method='mds' is not supported"):
+        _report(hostile_folder, tmp_path, method="mds")
+
+
+def test_layers_of_one_backbone(hostile_folder, tmp_path):
+    result = _report(
+        hostile_folder,
+        tmp_path,
+        backbones=[{"backbone": "MobileNetV2", "weights": None, "input_size": 32}],
+        layers=["block_1_expand_relu", None],
+        heads=(),
+    )
+    panels = result["panels"]
+    assert [p["label"] for p in panels] == [
+        "MobileNetV2 (random weights) / block_1_expand_relu",
+        "MobileNetV2 (random weights) / last block",
+    ]
+    assert [p["dim"] for p in panels] == [96, 1280]
+    assert panels[0]["layer"] == "block_1_expand_relu"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("VGG16", {"backbone": "VGG16"}),
+        ("VGG16:weights=imagenet:pooling=max", {"backbone": "VGG16", "weights": "imagenet",
+                                                "pooling": "max"}),
+        ("ResNet50:size=224x160:seed=3", {"backbone": "ResNet50", "input_size": (224, 160),
+                                          "seed": 3}),
+        ("MobileNetV2:weights=C:/w/m.h5:label=a: b", {"backbone": "MobileNetV2",
+                                                      "weights": "C:/w/m.h5", "label": "a: b"}),
+        ("MobileNetV2:layer=block_6_expand_relu", {"backbone": "MobileNetV2",
+                                                   "layer": "block_6_expand_relu"}),
+    ],
+)  # fmt: skip
+def test_parse_backbone_spec(text, expected):
+    assert parse_backbone_spec(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(":weights=none", "has no backbone name"), ("VGG16:size=big", "size='big' should be N")],
+)
+def test_parse_backbone_spec_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_backbone_spec(text)
+
+
+def test_load_comparison(tmp_path):
+    rows = [{"backbone": "a", "head": "logreg", "accuracy": 0.9}]
+    (tmp_path / "c.json").write_text(json.dumps({"rows": rows, "csv": None}))
+    pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
+    assert load_comparison(tmp_path / "c.json").to_dict(orient="records") == rows
+    assert load_comparison(tmp_path / "c.csv").to_dict(orient="records") == rows
+    (tmp_path / "bad.json").write_text(json.dumps({"n_images": 3}))
+    with pytest.raises(ValueError, match="not a featx compare table"):
+        load_comparison(tmp_path / "bad.json")
+
+
+def test_cli_report_json(hostile_folder, tmp_path, capsys):
+    out = tmp_path / "cli" / "r.html"
+    comparison = tmp_path / "compare.json"
+    comparison.write_text(json.dumps({"rows": [{"backbone": HOSTILE, "head": "svm",
+                                                "accuracy": 0.5}]}))  # fmt: skip
+    status = main([
+        "report", str(hostile_folder),
+        "--backbones", "MobileNetV2:weights=none:size=32:label=random", "VGG16:weights=none",
+        "--size", "32", "--method", "pca", "--compare", str(comparison),
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json", "--quiet",
+    ])  # fmt: skip
+    assert status == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [p["label"] for p in result["panels"]] == ["random", "VGG16 (random weights)"]
+    assert [p["input_size"] for p in result["panels"]] == [[32, 32], [32, 32]]
+    assert result["comparison"] == [{"backbone": HOSTILE, "head": "svm", "accuracy": 0.5}]
+    assert result["out"] == str(out) and out.exists()
+
+
+def test_cli_report_error_is_one_line(tmp_path, capsys):
+    status = main(["report", str(tmp_path / "missing"), "--backbones", "NoSuchNet",
+                   "--out", str(tmp_path / "r.html")])  # fmt: skip
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.startswith("featx report: error:") and "NoSuchNet" in err
