@@ -158,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a root with train/ validation/ test/, or a class-per-folder directory "
                    "(default: scikit-learn's digits)")
     p.add_argument("--heads", default="logreg,svm,mlp", help="comma-separated heads to compare")
+    p.add_argument("--method", choices=("umap", "pca", "tsne"), default="umap",
+                   help="projection of the report's maps")
     _add_backbone_options(p, default_weights="imagenet")
     return parser
 
@@ -355,6 +357,7 @@ def _demo(args: argparse.Namespace) -> Result:
     result = run_demo(
         data=args.data,
         heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
+        method=args.method,
         backbone=args.backbone,
         weights=args.weights,
         input_size=args.size,

@@ -74,11 +74,16 @@ def run_demo(
     input_size: int | tuple[int, int] | None = None,
     cache_dir: str | os.PathLike | None = "auto",
     heads: tuple[str, ...] = HEADS,
+    method: str = "umap",
     verbose: bool = True,
     log: Callable[[str], Any] = print,
     **extractor_params: Any,
 ) -> dict[str, Any]:
-    """Extract, learn and compare; return the figures it printed as a dict."""
+    """Extract, learn, compare and report; return the figures it printed as a dict.
+
+    The report (``<cache>/demo-report.html`` and ``.png``) maps every compared
+    representation with ``method`` ("umap", "pca" or "tsne").
+    """
     from featx.backbones import RawPixels
     from featx.cache import default_cache_dir
     from featx.evaluate import compare
@@ -140,6 +145,23 @@ def run_demo(
         f"best: {best['backbone']} + {best['head']}, test accuracy {best['accuracy']:.3f} "
         f"({len(table)} configurations compared)"
     )
+
+    # See: each representation's map and separation, with the comparison beneath.
+    from featx.report import report
+
+    pages = report(data, backbones=backbones, comparison=table, method=method,
+                   out=cache_root / "demo-report.html", png=cache_root / "demo-report.png",
+                   title=f"featx demo: {data_name}", cache_dir=cache_dir, verbose=verbose)
+    result["report"] = {"html": str(pages["out"]), "png": str(pages["png"]),
+                        "panels": [{"label": p["label"], **{k: p["metrics"][k] for k in (
+                            "knn_accuracy", "silhouette", "trustworthiness")}}
+                                   for p in pages["panels"]]}  # fmt: skip
+    log("")
+    for panel in result["report"]["panels"]:
+        log(f"  {panel['label']:<36} k-NN {panel['knn_accuracy']:.3f}  "
+            f"silhouette {panel['silhouette']:.3f}")
+    log(f"report: {pages['out']} (figure: {pages['png']})")
+    result["summary"] += f"; report: {pages['out']}"
     return result
 
 

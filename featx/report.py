@@ -45,7 +45,7 @@ from featx.backbones import Backbone
 from featx.cache import EmbeddingCache
 from featx.extract import Embeddings, Extractor
 from featx.images import DecodeError, array_to_rgb, decode
-from featx.sources import resolve_source
+from featx.sources import ImageSet, resolve_source
 
 __all__ = ["Panel", "ReportData", "load_comparison", "parse_backbone_spec", "report"]
 
@@ -82,6 +82,7 @@ class ReportData:
 def report(
     source: Any,
     *,
+    labels: Sequence[Any] | None = None,
     backbones: Sequence[str | Mapping[str, Any] | Backbone] = ("MobileNetV2",),
     layers: Sequence[str | None] | None = None,
     weights: str | os.PathLike | None = "imagenet",
@@ -107,10 +108,13 @@ def report(
 
     Parameters
     ----------
-    source : path or DataFrame
+    source : path, DataFrame, array or list
         Labelled images: a class-per-folder directory, a dataset root with ``train/``,
-        ``validation/`` and ``test/`` (all splits are shown together), or a DataFrame
-        with ``path`` and ``label`` columns.
+        ``validation/`` and ``test/`` (all splits are shown together), a DataFrame
+        with ``path`` and ``label`` columns, or any source :meth:`~featx.Extractor.extract`
+        takes together with ``labels``.
+    labels : sequence, optional
+        One label per image, for sources that carry none (arrays, lists of paths).
     backbones : sequence, default ("MobileNetV2",)
         One panel each: registry names (using ``weights``, ``input_size``, ``pooling``),
         dicts of :class:`~featx.Extractor` parameters with an optional ``"label"``
@@ -169,18 +173,19 @@ def report(
             )
             for layer in layers
         ]
-    images = _labelled_source(source, _split_layout)
+    splits = _split_layout(source)  # a dataset root: every split on the maps
+    images = resolve_source(_labelled_source(splits) if splits else source, labels=labels)
+    if images.y is None:
+        raise ValueError(
+            "A report needs labelled images: a class-per-folder directory, a dataset root "
+            "with train/ and test/, a DataFrame with a label column, or labels=."
+        )
     timings: dict[str, float] = {}
 
     embedded: list[tuple[Any, Embeddings, Extractor]] = []
     for entry in entries:
         extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
         emb = extractor.extract(images)
-        if emb.y is None or emb.classes is None:
-            raise ValueError(
-                "A report needs labelled images: a class-per-folder directory, a dataset "
-                "root with train/ and test/, or a DataFrame with a label column."
-            )
         embedded.append((entry, emb, extractor))
     timings["extract"] = time.perf_counter() - start
 
@@ -213,7 +218,7 @@ def report(
     mark = time.perf_counter()
     if comparison is None and heads:
         comparison = compare(
-            source,
+            source if splits else images,  # a dataset root keeps its own train/test protocol
             backbones=[{**e.params, "label": e.label} for e in entries],
             heads=list(heads),
             baselines=False,
@@ -342,11 +347,8 @@ def _size_value(value: str, text: str) -> int | tuple[int, int]:
 # -- steps ----------------------------------------------------------------------------------
 
 
-def _labelled_source(source: Any, split_layout) -> Any:
-    """A dataset root with splits becomes one DataFrame of every split's images."""
-    splits = split_layout(source)
-    if splits is None:
-        return source
+def _labelled_source(splits) -> Any:
+    """A dataset root's splits as one DataFrame of every split's images."""
     import pandas as pd
 
     frames = []
@@ -424,11 +426,10 @@ def _details(emb: Embeddings, extractor: Extractor) -> dict[str, Any]:
     }
 
 
-def _thumbnails(source: Any, rows: np.ndarray) -> list[str]:
+def _thumbnails(images: ImageSet, rows: np.ndarray) -> list[str]:
     """A small JPEG of each image, as a data: URI (empty where it cannot be read)."""
     from PIL import Image
 
-    images = resolve_source(source)
     size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
     out = []
     for i in rows:

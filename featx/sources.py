@@ -89,6 +89,8 @@ def resolve_source(
 
 
 def _resolve(source: Any, path_column: str, label_column: str | None) -> ImageSet:
+    if isinstance(source, ImageSet):  # already resolved (a report passes one to every step)
+        return source
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():

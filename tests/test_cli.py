@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +82,8 @@ def test_cache_info_and_clear(image_folder, tmp_path, capsys):
     assert _run_json(capsys, ["cache", "info", "--cache-dir", cache, "--json"])["n_vectors"] == 0
 
 
-DEMO = ["demo", "--backbone", "VGG16", "--size", "32", "--heads", "logreg", "--quiet", "--json"]
+DEMO = ["demo", "--backbone", "VGG16", "--size", "32", "--heads", "logreg", "--method", "pca",
+        "--quiet", "--json"]
 
 
 def test_demo_compares_the_backbone_with_both_baselines(tmp_path, capsys):
@@ -92,6 +94,12 @@ def test_demo_compares_the_backbone_with_both_baselines(tmp_path, capsys):
     assert labels == ["VGG16 (random init)", "raw pixels 16x16"]
     # Even random features and raw pixels carry the digits far above chance (0.1).
     assert all(row["accuracy"] > 0.8 for row in result["rows"])
+    # It ends with a report of both representations, all 1,797 digits on each map.
+    report = result["report"]
+    assert report["html"] == str(tmp_path / "c" / "demo-report.html")
+    assert Path(report["html"]).stat().st_size > 100_000 and Path(report["png"]).exists()
+    assert [p["label"] for p in report["panels"]] == labels
+    assert all(p["knn_accuracy"] > 0.8 for p in report["panels"])
 
 
 def test_demo_says_clearly_when_imagenet_weights_are_unavailable(tmp_path, capsys, monkeypatch):

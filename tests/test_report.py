@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import random_image
+from conftest import MOBILENET_WEIGHTS, SHARED, random_image, require_shared
 from PIL import Image
 
 import featx.projection
@@ -101,6 +101,18 @@ def test_maps_are_cached_between_runs(hostile_folder, tmp_path, monkeypatch):
     for a, b in zip(first["panels"], second["panels"], strict=True):
         assert a["metrics"] == b["metrics"]
         assert b["cache_misses"] == 0
+
+
+def test_arrays_with_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    images = np.concatenate([rng.integers(0, 90, (8, 24, 24, 3)),
+                             rng.integers(160, 256, (8, 24, 24, 3))]).astype(np.uint8)  # fmt: skip
+    result = report(images, labels=["night"] * 8 + ["day"] * 8, backbones=[RawPixels(4)],
+                    method="pca", out=tmp_path / "r.html", heads=("logreg",), cv=2,
+                    cache_dir=None)  # fmt: skip
+    assert result["classes"] == ["day", "night"]
+    assert result["comparison"][0]["accuracy"] == 1.0
+    assert (tmp_path / "r.html").read_text().count("data:image/jpeg;base64,") == 16
 
 
 def test_dataset_root_shows_every_split(tmp_path):
@@ -205,9 +217,39 @@ def test_cli_report_json(hostile_folder, tmp_path, capsys):
     assert result["out"] == str(out) and out.exists()
 
 
-def test_cli_report_error_is_one_line(tmp_path, capsys):
-    status = main(["report", str(tmp_path / "missing"), "--backbones", "NoSuchNet",
-                   "--out", str(tmp_path / "r.html")])  # fmt: skip
-    assert status == 1
-    err = capsys.readouterr().err
-    assert err.startswith("featx report: error:") and "NoSuchNet" in err
+def test_cli_report_errors_are_one_line(hostile_folder, tmp_path, capsys):
+    for source, backbone, expected in [
+        (hostile_folder, "NoSuchNet", "Unknown backbone 'NoSuchNet'"),
+        (tmp_path / "missing", "VGG16", "is neither a folder nor a file"),
+    ]:
+        status = main(["report", str(source), "--backbones", backbone, "--cache-dir", "none",
+                       "--out", str(tmp_path / "r.html")])  # fmt: skip
+        assert status == 1
+        err = capsys.readouterr().err
+        assert err.startswith("featx report: error:") and expected in err
+        assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_pretrained_backbone_separates_intel6_better_than_random(tmp_path, capsys):
+    require_shared()
+    out = tmp_path / "intel6.html"
+    status = main([
+        "report", str(SHARED / "datasets" / "intel6"),
+        "--backbones", f"MobileNetV2:weights={MOBILENET_WEIGHTS}:label=pretrained",
+        "MobileNetV2:weights=none:label=random", "--size", "160",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--png",
+        str(tmp_path / "intel6.png"), "--json", "--quiet",
+    ])  # fmt: skip
+    assert status == 0
+    result = json.loads(capsys.readouterr().out)
+    pretrained, random = (panel["metrics"] for panel in result["panels"])
+    assert result["n_points"] == 2158
+    assert pretrained["knn_accuracy"] > 0.85 and random["knn_accuracy"] < 0.5
+    # Small in 1,280 dimensions, but positive (classes keep apart) against negative (mixed).
+    assert pretrained["silhouette"] > 0.03 > 0 > random["silhouette"]
+    assert pretrained["silhouette_2d"] > random["silhouette_2d"] + 0.3
+    accuracy = {row["backbone"]: row["accuracy"] for row in result["comparison"]}
+    assert accuracy["pretrained"] > accuracy["random"] + 0.2
+    assert out.stat().st_size < 20e6
