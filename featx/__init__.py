@@ -35,6 +35,7 @@ __all__ = [
     "load_classifier",
     "make_head",
     "predict_top_k",
+    "project",
     "save_classifier",
 ]
 
@@ -49,6 +50,7 @@ _LAZY = {
     "save_classifier": "featx.classifier",
     "load_classifier": "featx.classifier",
     "predict_top_k": "featx.classifier",
+    "project": "featx.projection",
 }
 
 

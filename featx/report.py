@@ -252,10 +252,10 @@ def report(
             write_figure(data, path)
     timings["write"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
-    return summary(data, out=out, png=png, svg=svg, seconds=timings)
+    return _summary(data, out=out, png=png, svg=svg, seconds=timings)
 
 
-def summary(data: ReportData, **extra: Any) -> dict[str, Any]:
+def _summary(data: ReportData, **extra: Any) -> dict[str, Any]:
     """The JSON-ready description of a report (what ``featx report --json`` prints)."""
     from featx.evaluate import _jsonable
 
