@@ -15,10 +15,11 @@ Examples
 >>> from featx.backbones import RawPixels
 >>> from featx.report import report
 >>> root = Path(tempfile.mkdtemp())
->>> for name, grey in [("dark", 40), ("light", 200)]:
+>>> for name, colour in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
 ...     (root / name).mkdir()
 ...     for i in range(8):
-...         Image.new("RGB", (8, 8), (grey + 5 * i,) * 3).save(root / name / f"{i}.png")
+...         shade = tuple(c + 4 * i for c in colour)
+...         Image.new("RGB", (8, 8), shade).save(root / name / f"{i}.png")
 >>> result = report(root, backbones=[RawPixels(4), RawPixels(2)], method="pca",
 ...                 out=root / "report.html", heads=(), cache_dir=None)
 >>> [panel["metrics"]["knn_accuracy"] for panel in result["panels"]]
