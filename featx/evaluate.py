@@ -50,6 +50,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from featx.backbones import Backbone, RawPixels, get_spec
+from featx.combine import CombinedExtractor, expand_members
 from featx.extract import Embeddings, Extractor
 from featx.heads import default_grid, make_head
 
@@ -84,6 +85,8 @@ def evaluate(
     batch_size: int = 32,
     seed: int = 0,
     verbose: bool = False,
+    tta: str | Sequence[Any] | None = None,
+    tta_combine: str = "mean",
 ) -> dict[str, Any]:
     """Extract embeddings (cached), fit a head with honest model selection, report test metrics.
 
@@ -97,7 +100,13 @@ def evaluate(
         Explicit splits: class-per-folder folders or DataFrames with a label column.
         Without ``validation``, hyperparameters are chosen by cross-validation on train.
     backbone, weights, input_size, pooling, layer, resize, batch_size
-        The network and how images reach it, as for :class:`~featx.Extractor`.
+        The network and how images reach it, as for :class:`~featx.Extractor`;
+        ``input_size`` (and ``layer``) may be lists, whose embeddings are concatenated,
+        and ``pooling="avg+max"`` concatenates both poolings (see :mod:`featx.combine`).
+    tta, tta_combine
+        Test-time views of every image (``"flip"``, ``"crop"``, ``"flip+crop"``),
+        averaged or concatenated (see :mod:`featx.augment`); for training images too,
+        so train and test embeddings are alike.
     head : {"logreg", "svm", "linear-svm", "mlp"} or estimator, default "logreg"
         A :func:`~featx.heads.make_head` kind, or any scikit-learn classifier with
         ``predict_proba`` (cloned, never modified).
@@ -155,23 +164,22 @@ def evaluate(
     ('train-test', 1.0, 12, 6, {'clf__C': 0.1})
     """
     splits = _resolve_splits(source, train, validation, test)
-    extractor = Extractor(
-        backbone,
-        weights=weights,
-        input_size=input_size,
-        pooling=pooling,
-        layer=layer,
-        resize=resize,
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        seed=seed,
-        verbose=verbose,
-    )
+    params = {
+        "backbone": backbone,
+        "weights": weights,
+        "input_size": input_size,
+        "pooling": pooling,
+        "layer": layer,
+        "resize": resize,
+        "seed": seed,
+    }
+    extractor = _extractor(params, tta, tta_combine, batch_size, cache_dir, verbose)
     data = _load(splits, extractor)
     result = {
         "backbone": extractor.backbone.name,
         "weights": _weights_label(extractor.backbone, weights),
         "input_size": list(extractor.input_size),
+        **_combination(extractor),
         **_run(data, head, grid, cv, seed),
     }
     return _jsonable(result)
@@ -196,6 +204,8 @@ def compare(
     batch_size: int = 32,
     seed: int = 0,
     verbose: bool = False,
+    tta: str | Sequence[Any] | None = None,
+    tta_combine: str = "mean",
 ) -> pd.DataFrame:
     """Every backbone x head on the same data, splits and folds: one row each.
 
@@ -222,8 +232,9 @@ def compare(
         random weights (``"<name> (random weights)"``; registry backbones only).
     grids : dict, optional
         Grid per head kind, e.g. ``{"logreg": {"C": [0.1, 1]}}``; others use their default.
-    cv, cache_dir, seed, verbose
-        As for :func:`evaluate`.
+    cv, cache_dir, seed, verbose, tta, tta_combine
+        As for :func:`evaluate` (``tta`` applies to every backbone; a dict entry may
+        give its own ``input_size`` list or ``pooling="avg+max"``).
 
     Returns
     -------
@@ -276,7 +287,14 @@ def compare(
         entries += _baselines(entries[0], defaults)
     rows = []
     for entry in entries:
-        extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
+        extractor = _extractor(
+            entry.params,
+            tta,
+            tta_combine,
+            entry.params.get("batch_size", batch_size),
+            cache_dir,
+            verbose,
+        )
         data = _load(splits, extractor)
         for head in heads:
             grid = grids.get(head) if isinstance(head, str) else None
@@ -286,6 +304,7 @@ def compare(
                     "backbone": entry.label,
                     "weights": _weights_label(extractor.backbone, entry.params.get("weights")),
                     "input_size": _size_label(extractor.input_size),
+                    **_combination(extractor),
                     "head": result["head"],
                     "accuracy": result["accuracy"],
                     "accuracy_std": _nan_if_none(result["accuracy_std"]),
@@ -391,7 +410,42 @@ class _Data:
     ms_per_image: float | None = None
 
 
-def _load(splits: _Splits, extractor: Extractor) -> _Data:
+def _extractor(
+    params: dict[str, Any],
+    tta: Any,
+    tta_combine: str,
+    batch_size: int,
+    cache_dir: Any,
+    verbose: bool,
+) -> Extractor | CombinedExtractor:
+    """The plain extractor, or a combined one for size/layer lists and test-time views."""
+    params = {k: v for k, v in params.items() if k != "batch_size"}
+    lists = any(isinstance(params.get(k), list) for k in ("input_size", "layer", "backbone"))
+    if tta is None and not lists:
+        return Extractor(**params, batch_size=batch_size, cache_dir=cache_dir, verbose=verbose)
+    backbone = params.pop("backbone")
+    return CombinedExtractor(
+        expand_members(backbone, **params),
+        tta=tta,
+        tta_combine=tta_combine,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        verbose=verbose,
+    )
+
+
+def _combination(extractor: Extractor | CombinedExtractor) -> dict[str, Any]:
+    """What a combined extractor adds to a result: its members, views and dimension."""
+    if not isinstance(extractor, CombinedExtractor):
+        return {"tta": None, "members": None}
+    return {
+        "input_size": "+".join(str(_size_label(b.input_size)) for b in extractor._backbones),
+        "tta": extractor.label.split("tta=")[1] if "tta=" in extractor.label else None,
+        "members": extractor.label,
+    }
+
+
+def _load(splits: _Splits, extractor: Extractor | CombinedExtractor) -> _Data:
     embeddings: dict[str, Embeddings] = {}
     for split, source in splits.sources.items():
         embedded = extractor.extract(source)
@@ -460,7 +514,11 @@ def _extraction_summary(embedded: Embeddings) -> dict[str, Any]:
 
 def _ms_per_image(extractor: Extractor, embeddings: list[Embeddings]) -> float | None:
     """Extraction cost per image: the cache's record of compute time, else this run's."""
-    seconds = extractor.cache.seconds_per_image(extractor.fingerprint)
+    if isinstance(extractor, CombinedExtractor):
+        ms = extractor.ms_per_image()
+        seconds = None if ms is None else ms / 1000.0
+    else:
+        seconds = extractor.cache.seconds_per_image(extractor.fingerprint)
     if seconds is None:
         computed = sum(e.cache_misses for e in embeddings)
         if not computed:
