@@ -6,9 +6,10 @@ chooses on data that the final score never sees, refits the best pipeline, and
 reports every configuration tried with its cost.
 
 Embeddings are extracted once per (input size, view, augmented copy), as ordinary
-cache entries, with ``pooling="avg+max"`` when several poolings are searched: the
-``"avg"`` and ``"max"`` embeddings are the two halves of that vector, so a pooling
-costs no second forward pass. Every configuration is then assembled from these
+cache entries, always with ``pooling="avg+max"``: the ``"avg"`` and ``"max"``
+embeddings are the two halves of that vector (bit-identical to extracting them
+alone), so a pooling costs no second forward pass, and any later search reads every
+pooling back from the cache. Every configuration is then assembled from these
 blocks in memory, and a second run reads everything from the cache.
 
 Protocols, chosen by the data given (as :func:`featx.evaluate.evaluate` does):
@@ -48,7 +49,7 @@ from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold, Stratif
 from threadpoolctl import threadpool_limits
 
 from featx.augment import Compose, View, resolve_augment, resolve_tta, view_label
-from featx.backbones import resolve_backbone
+from featx.backbones import Backbone, resolve_backbone
 from featx.extract import Extractor
 from featx.heads import default_grid, make_head
 
@@ -340,7 +341,18 @@ class _Blocks:
         self, backbone, weights, space, resize, cache_dir, batch_size, seed, verbose, sources, log
     ) -> None:
         poolings = set(space["pooling"])
-        self.pooling = poolings.pop() if len(poolings) == 1 else "avg+max"
+        if isinstance(backbone, Backbone):  # its own pooling: nothing to slice
+            if len(poolings) > 1:
+                raise ValueError(
+                    f"space['pooling']={space['pooling']} searches poolings, but the backbone "
+                    f"{backbone.name!r} is a Backbone object with its own pooling. Search "
+                    "poolings with a registry name, a keras.Model or a model file."
+                )
+            self.pooling = poolings.pop()
+        else:
+            # Both poolings come from one forward pass: always cache both, so that any
+            # pooling of any later search is read back, not recomputed.
+            self.pooling = "avg+max"
         self.sources = sources
         self.log = log
         self._options = {"cache_dir": cache_dir, "batch_size": batch_size, "verbose": verbose}

@@ -140,3 +140,28 @@ def test_costs_report_dimension_and_time_per_member(image_folder, tmp_path):
     assert [row["dim"] for row in costs] == [6, 6]
     assert all(row["ms_per_image"] > 0 for row in costs)
     assert combined.ms_per_image() == pytest.approx(sum(r["ms_per_image"] for r in costs))
+
+
+def test_evaluate_and_compare_report_views_and_sizes(image_folder, tmp_path):
+    from featx.evaluate import compare, evaluate
+
+    result = evaluate(
+        image_folder, backbone=CountingBackbone(), tta="flip", cv=2, grid={}, cache_dir=tmp_path
+    )
+    assert result["tta"] == "flip" and result["members"] == "counting, tta=flip"
+    table = compare(
+        image_folder,
+        backbones=["MobileNetV2"],
+        weights=None,
+        input_size=[32, 48],
+        pooling="avg+max",
+        heads=["logreg"],
+        grids={"logreg": {}},
+        baselines=False,
+        tta="flip",
+        cv=2,
+        cache_dir=tmp_path,
+    )
+    row = table.iloc[0]
+    assert row["input_size"] == "32+48" and row["tta"] == "flip" and row["dim"] == 5120
+    assert row["ms_per_image"] > 0
