@@ -36,6 +36,7 @@ __all__ = [
     "make_head",
     "predict_top_k",
     "save_classifier",
+    "tune",
 ]
 
 # The learning half of the package imports scikit-learn; load it on first use so that
@@ -49,6 +50,7 @@ _LAZY = {
     "save_classifier": "featx.classifier",
     "load_classifier": "featx.classifier",
     "predict_top_k": "featx.classifier",
+    "tune": "featx.tune",
 }
 
 
@@ -56,5 +58,9 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # Importing featx.evaluate (or featx.tune) binds the *module* to that attribute of
+        # the package; bind the function over it, so featx.evaluate stays the function.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'featx' has no attribute {name!r}")

@@ -222,8 +222,9 @@ class AugmentedCopy(View):
             shift=(p.shift * u[3], p.shift * u[4]),
             mirror=bool(mirror),
         )
-        return _jitter(out, 1.0 + p.brightness * u[5], 1.0 + p.contrast * u[6],
-                       1.0 + p.saturation * u[7])
+        return _jitter(
+            out, 1.0 + p.brightness * u[5], 1.0 + p.contrast * u[6], 1.0 + p.saturation * u[7]
+        )
 
 
 def _affine(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CountingBackbone, random_image
+from conftest import MOBILENET_WEIGHTS, SHARED, CountingBackbone, random_image, require_shared
 
 from featx import tune as tune_module
 from featx.cli import main
@@ -191,3 +191,65 @@ def test_cli_tune_prints_one_json_object(flat_root, tmp_path, capsys):
     assert result["protocol"] == "nested-cv"
     assert [row["tta"] for row in result["results"]] == [None, "flip"]
     assert {"accuracy", "baseline_accuracy", "best"} <= set(result)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_tune_on_a_slice_of_intel6_with_the_shared_weights(tmp_path):
+    """Real weights end to end, on 8 photos per class: views, scales and copies all run,
+    the copies are real augmentations, and every configuration scores far above chance."""
+    require_shared()
+    root = tmp_path / "intel6-slice"
+    for folder in sorted((SHARED / "datasets" / "intel6").iterdir()):
+        (root / folder.name).mkdir(parents=True)
+        for path in sorted(folder.glob("*.jpg"))[:8]:
+            (root / folder.name / path.name).symlink_to(path)
+    space = {
+        "input_size": [96, [96, 128]],
+        "tta": [None, "flip"],
+        "pooling": ["avg"],
+        "augment": [None, 1],
+        "head": ["logreg"],
+    }
+    found = tune(
+        root,
+        weights=MOBILENET_WEIGHTS,
+        space=space,
+        cv=2,
+        inner_cv=2,
+        grids={"logreg": {"clf__C": [0.01]}},
+        cache_dir=tmp_path / "cache",
+    )
+    table = found.results
+    assert len(table) == 8
+    assert (table["outer_accuracy"] > 0.5).all()  # chance is 1/6
+    assert found.accuracy > 0.5
+    assert set(table["dim"]) == {1280, 2560}
+
+
+def test_cli_evaluate_with_views_and_two_sizes(image_folder, tmp_path, capsys):
+    argv = [
+        "evaluate",
+        str(image_folder),
+        "--backbone",
+        "VGG16",
+        "--weights",
+        "none",
+        "--size",
+        "32,48",
+        "--pooling",
+        "avg+max",
+        "--tta",
+        "flip",
+        "--cv",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+        "--json",
+    ]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert (result["input_size"], result["tta"], result["dim"]) == ("32+48", "flip", 2048)
