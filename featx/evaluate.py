@@ -806,7 +806,10 @@ def _entry(backbone: str | Mapping[str, Any] | Backbone, defaults: dict[str, Any
         if isinstance(params["backbone"], Backbone):
             params = {"backbone": params["backbone"]}
             return _Entry(label or _backbone_label(params["backbone"]), params)
-        return _Entry(label or _name_label(params["backbone"], params["weights"]), params)
+        names = params["backbone"] if isinstance(params["backbone"], list) else [params["backbone"]]
+        # A list of backbones is one entry: their embeddings concatenated.
+        text = " + ".join(_name_label(name, params["weights"]) for name in names)
+        return _Entry(label or text, params)
     if isinstance(backbone, (str, os.PathLike)):
         return _Entry(
             _name_label(backbone, defaults["weights"]), {"backbone": backbone, **defaults}

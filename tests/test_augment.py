@@ -165,3 +165,21 @@ def test_evaluate_and_compare_report_views_and_sizes(image_folder, tmp_path):
     row = table.iloc[0]
     assert row["input_size"] == "32+48" and row["tta"] == "flip" and row["dim"] == 5120
     assert row["ms_per_image"] > 0
+
+
+def test_compare_concatenates_several_backbones_in_one_row(image_folder, tmp_path):
+    from featx.evaluate import compare
+
+    entry = {"backbone": ["MobileNetV2", "VGG16"], "weights": None, "input_size": 32}
+    table = compare(
+        image_folder,
+        backbones=[entry],
+        heads=["logreg"],
+        grids={"logreg": {}},
+        baselines=False,
+        cv=2,
+        cache_dir=tmp_path,
+    )
+    row = table.iloc[0]
+    assert row["backbone"] == "MobileNetV2 (random weights) + VGG16 (random weights)"
+    assert row["dim"] == 1280 + 512 and row["ms_per_image"] > 0
