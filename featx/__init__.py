@@ -58,9 +58,5 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        # Importing featx.evaluate (or featx.tune) binds the *module* to that attribute of
-        # the package; bind the function over it, so featx.evaluate stays the function.
-        globals()[name] = value
-        return value
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'featx' has no attribute {name!r}")

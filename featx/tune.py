@@ -634,6 +634,7 @@ class _Search:
         y = self.blocks.y["all"]
         outer = StratifiedKFold(n_splits=cv, shuffle=True, random_state=self.seed)
         inner_scores: dict[_Config, list[float]] = {c: [] for c in self.configs}
+        chosen: dict[_Config, list[dict]] = {c: [] for c in self.configs}
         outer_scores: dict[_Config, list[float]] = {c: [] for c in self.configs}
         folds = []
         for k, (train, test) in enumerate(outer.split(np.zeros(len(y)), y)):
@@ -641,6 +642,7 @@ class _Search:
             scores = self._select("all", train, None, "all")
             for config, (params, score) in scores.items():
                 inner_scores[config].append(score)
+                chosen[config].append(params)
                 model = self._fit(config, params, {"all": train})
                 outer_scores[config].append(self._score(model, config, "all", test))
             winner = max(self.configs, key=lambda c: scores[c][1])
@@ -654,7 +656,12 @@ class _Search:
                 }
             )
         accuracies = np.asarray([f["accuracy"] for f in folds])
-        mean_inner = {c: (None, float(np.mean(s))) for c, s in inner_scores.items()}
+        # Each configuration's head parameters as chosen in every outer fold, e.g.
+        # {"clf__C": [0.01, 0.003, ...]}, with its inner score averaged over the folds.
+        mean_inner = {
+            c: ({k: [p[k] for p in chosen[c]] for k in chosen[c][0]}, float(np.mean(s)))
+            for c, s in inner_scores.items()
+        }
         best = max(self.configs, key=lambda c: mean_inner[c][1])
         # The final pipeline: the best configuration on average, its head parameters chosen
         # by grouped inner CV on all the data.
@@ -668,7 +675,6 @@ class _Search:
             "baseline_accuracy": float(np.mean(outer_scores[self.configs[0]])),
             "folds": folds,
             "fit_rows": {"all": np.arange(len(y))},
-            "chosen_params": {c: None for c in self.configs},
         }
 
     def _select_params(self, config: _Config) -> dict[str, Any]:
@@ -690,7 +696,7 @@ class _Search:
                 {
                     "name": config.name,
                     **config.as_dict(),
-                    "params": json.dumps(params) if params is not None else None,
+                    "params": json.dumps(params),
                     "score": round(score, 4),
                     "outer_accuracy": round(found["outer"][config], 4)
                     if "outer" in found

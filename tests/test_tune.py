@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 from conftest import MOBILENET_WEIGHTS, SHARED, CountingBackbone, random_image, require_shared
 
-from featx import tune as tune_module
 from featx.cli import main
 from featx.tune import grouped_folds, stack_copies, tune
+
+# The module (featx.tune is also the name of the function featx exports).
+tune_module = importlib.import_module("featx.tune")
 
 SPACE = {
     "input_size": [16],
