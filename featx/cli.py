@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--tta", type=_tta, default=None,
                        help="test-time views averaged: none | flip | crop | flip+crop")
         p.add_argument("--tta-combine", choices=("mean", "concat"), default="mean")
+        p.add_argument("--augment", type=int, default=0,
+                       help="also train on K seeded augmented copies of each training image")
         if name == "evaluate":
             p.add_argument("--head", default="logreg", choices=_HEADS)
         else:
@@ -284,7 +286,8 @@ def _evaluate(args: argparse.Namespace) -> Result:
     from featx.evaluate import evaluate
 
     result = evaluate(**_splits(args), backbone=args.backbone, head=args.head,
-                      tta=args.tta, tta_combine=args.tta_combine, **_extractor_params(args))
+                      tta=args.tta, tta_combine=args.tta_combine, augment=args.augment or None,
+                      **_extractor_params(args))
     chosen = ", ".join(f"{k}={v}" for k, v in (result.get("chosen_params") or {}).items())
     text = (
         f"{result.get('protocol')}: accuracy {result['accuracy']:.4f}, balanced accuracy "
@@ -305,7 +308,7 @@ def _compare(args: argparse.Namespace) -> Result:
     table = compare(**_splits(args), backbones=entries,
                     heads=[h.strip() for h in args.heads.split(",") if h.strip()],
                     baselines=not args.no_baselines, tta=args.tta,
-                    tta_combine=args.tta_combine, **params)
+                    tta_combine=args.tta_combine, augment=args.augment or None, **params)
     if args.csv:
         table.to_csv(args.csv, index=False)
     records = json.loads(table.to_json(orient="records"))

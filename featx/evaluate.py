@@ -87,6 +87,7 @@ def evaluate(
     verbose: bool = False,
     tta: str | Sequence[Any] | None = None,
     tta_combine: str = "mean",
+    augment: int | Mapping[str, Any] | Any = None,
 ) -> dict[str, Any]:
     """Extract embeddings (cached), fit a head with honest model selection, report test metrics.
 
@@ -107,6 +108,10 @@ def evaluate(
         Test-time views of every image (``"flip"``, ``"crop"``, ``"flip+crop"``),
         averaged or concatenated (see :mod:`featx.augment`); for training images too,
         so train and test embeddings are alike.
+    augment : None, int, dict or AugmentPolicy, optional
+        Train-time augmentation: the head also trains on that many seeded copies of
+        every training (and validation) image. A copy is always on its original's side
+        of every split (grouped folds); only originals are scored.
     head : {"logreg", "svm", "linear-svm", "mlp"} or estimator, default "logreg"
         A :func:`~featx.heads.make_head` kind, or any scikit-learn classifier with
         ``predict_proba`` (cloned, never modified).
@@ -173,7 +178,7 @@ def evaluate(
         "resize": resize,
         "seed": seed,
     }
-    extractor = _extractor(params, tta, tta_combine, batch_size, cache_dir, verbose)
+    extractor = _extractor(params, tta, tta_combine, batch_size, cache_dir, verbose, augment)
     data = _load(splits, extractor)
     result = {
         "backbone": extractor.backbone.name,
@@ -206,6 +211,7 @@ def compare(
     verbose: bool = False,
     tta: str | Sequence[Any] | None = None,
     tta_combine: str = "mean",
+    augment: int | Mapping[str, Any] | Any = None,
 ) -> pd.DataFrame:
     """Every backbone x head on the same data, splits and folds: one row each.
 
@@ -232,7 +238,7 @@ def compare(
         random weights (``"<name> (random weights)"``; registry backbones only).
     grids : dict, optional
         Grid per head kind, e.g. ``{"logreg": {"C": [0.1, 1]}}``; others use their default.
-    cv, cache_dir, seed, verbose, tta, tta_combine
+    cv, cache_dir, seed, verbose, tta, tta_combine, augment
         As for :func:`evaluate` (``tta`` applies to every backbone; a dict entry may
         give its own ``input_size`` list or ``pooling="avg+max"``).
 
@@ -294,6 +300,7 @@ def compare(
             entry.params.get("batch_size", batch_size),
             cache_dir,
             verbose,
+            augment,
         )
         data = _load(splits, extractor)
         for head in heads:
@@ -304,7 +311,6 @@ def compare(
                     "backbone": entry.label,
                     "weights": _weights_label(extractor.backbone, entry.params.get("weights")),
                     "input_size": _size_label(extractor.input_size),
-                    **_combination(extractor),
                     "head": result["head"],
                     "accuracy": result["accuracy"],
                     "accuracy_std": _nan_if_none(result["accuracy_std"]),
@@ -321,6 +327,8 @@ def compare(
                     "extract_seconds": round(
                         sum(s["seconds"] for s in data.extraction.values()), 3
                     ),
+                    # Last, so the columns above keep their places; sizes joined by "+".
+                    **_combination(extractor),
                 }
             )
         del extractor  # one network in memory at a time
@@ -408,6 +416,14 @@ class _Data:
     dim: int
     extraction: dict[str, dict[str, Any]] = field(default_factory=dict)
     ms_per_image: float | None = None
+    # Augmented copies per training split (never "test"), each aligned with X[split].
+    copies: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def fit_rows(self, split: str, rows: np.ndarray | None = None):
+        """Rows of ``split`` with their augmented copies: X, y and each row's group."""
+        from featx.tune import stack_copies
+
+        return stack_copies(self.X[split], self.y[split], self.copies.get(split, []), rows)
 
 
 def _extractor(
@@ -417,17 +433,19 @@ def _extractor(
     batch_size: int,
     cache_dir: Any,
     verbose: bool,
+    augment: Any = None,
 ) -> Extractor | CombinedExtractor:
-    """The plain extractor, or a combined one for size/layer lists and test-time views."""
+    """The plain extractor, or a combined one for lists, views and augmented copies."""
     params = {k: v for k, v in params.items() if k != "batch_size"}
     lists = any(isinstance(params.get(k), list) for k in ("input_size", "layer", "backbone"))
-    if tta is None and not lists:
+    if tta is None and not lists and not augment:
         return Extractor(**params, batch_size=batch_size, cache_dir=cache_dir, verbose=verbose)
     backbone = params.pop("backbone")
     return CombinedExtractor(
         expand_members(backbone, **params),
         tta=tta,
         tta_combine=tta_combine,
+        augment=augment,
         batch_size=batch_size,
         cache_dir=cache_dir,
         verbose=verbose,
@@ -437,8 +455,9 @@ def _extractor(
 def _combination(extractor: Extractor | CombinedExtractor) -> dict[str, Any]:
     """What a combined extractor adds to a result: its members, views and dimension."""
     if not isinstance(extractor, CombinedExtractor):
-        return {"tta": None, "members": None}
+        return {"tta": None, "members": None, "augment": None}
     return {
+        "augment": None if extractor.augment is None else extractor.augment.copies,
         "input_size": "+".join(str(_size_label(b.input_size)) for b in extractor._backbones),
         "tta": extractor.label.split("tta=")[1] if "tta=" in extractor.label else None,
         "members": extractor.label,
@@ -467,6 +486,11 @@ def _load(splits: _Splits, extractor: Extractor | CombinedExtractor) -> _Data:
         dim=reference.dim,
         extraction={split: _extraction_summary(e) for split, e in embeddings.items()},
         ms_per_image=_ms_per_image(extractor, list(embeddings.values())),
+        copies={
+            split: [e.X for e in extractor.extract_copies(splits.sources[split])]
+            for split in embeddings
+            if split != "test" and getattr(extractor, "augment", None) is not None
+        },
     )
 
 
@@ -599,13 +623,20 @@ def _run(data: _Data, head: str | Any, grid: Mapping[str, Any] | None, cv: int, 
 def _fixed_split(data: _Data, estimator: Any, grid: dict, seed: int) -> dict[str, Any]:
     X, y = data.X, data.y
     start = time.perf_counter()
+    X_fit, y_fit, groups = data.fit_rows("train")  # with augmented copies, if any
     if "validation" in X:
         model, chosen, search, selection = _select_on_validation(
-            estimator, grid, X["train"], y["train"], X["validation"], y["validation"]
+            estimator,
+            grid,
+            X_fit,
+            y_fit,
+            X["validation"],
+            y["validation"],
+            refit_extra=data.fit_rows("validation")[:2],
         )
     else:
         model, chosen, search, selection = _select_by_inner_cv(
-            estimator, grid, X["train"], y["train"], seed, data.classes
+            estimator, grid, X_fit, y_fit, seed, data.classes, groups if data.copies else None
         )
     fit_seconds = time.perf_counter() - start
     metrics = _metrics(y["test"], model.predict(X["test"]), data.classes)
@@ -632,8 +663,9 @@ def _nested_cv(data: _Data, estimator: Any, grid: dict, cv: int, seed: int) -> d
     outer = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
     for k, (train, test) in enumerate(outer.split(X, y)):
         start = time.perf_counter()
+        X_fit, y_fit, groups = data.fit_rows("all", train)  # with augmented copies, if any
         model, chosen, search, selection = _select_by_inner_cv(
-            estimator, grid, X[train], y[train], seed, data.classes
+            estimator, grid, X_fit, y_fit, seed, data.classes, groups if data.copies else None
         )
         fit_seconds = time.perf_counter() - start
         predicted[test] = model.predict(X[test])
@@ -677,8 +709,9 @@ def _nested_cv(data: _Data, estimator: Any, grid: dict, cv: int, seed: int) -> d
     }
 
 
-def _select_on_validation(estimator, grid, X_train, y_train, X_val, y_val):
-    """Fit every candidate on train, keep the best on validation, refit it on both."""
+def _select_on_validation(estimator, grid, X_train, y_train, X_val, y_val, refit_extra=None):
+    """Fit every candidate on train, keep the best on validation, refit it on both
+    (``refit_extra``: the validation rows to refit on, copies included, if not X_val)."""
     candidates = list(ParameterGrid(grid))
     search: list[dict[str, Any]] = [{"params": params, "score": None} for params in candidates]
     if len(candidates) > 1:
@@ -688,22 +721,34 @@ def _select_on_validation(estimator, grid, X_train, y_train, X_val, y_val):
     best = int(np.argmax([entry["score"] or 0.0 for entry in search]))  # first of equals
     chosen = candidates[best]
     model = clone(estimator).set_params(**chosen)
-    model.fit(np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val]))
+    X_more, y_more = refit_extra if refit_extra is not None else (X_val, y_val)
+    model.fit(np.concatenate([X_train, X_more]), np.concatenate([y_train, y_more]))
     return model, chosen, search, "validation accuracy" if len(candidates) > 1 else "none"
 
 
-def _select_by_inner_cv(estimator, grid, X, y, seed, classes):
-    """Stratified inner cross-validation on (X, y) only; the best candidate refitted on all."""
+def _select_by_inner_cv(estimator, grid, X, y, seed, classes, groups=None):
+    """Stratified inner cross-validation on (X, y) only; the best candidate refitted on all.
+
+    With ``groups`` (augmented copies), folds are grouped: a copy stays with its original,
+    and only originals are scored."""
     candidates = list(ParameterGrid(grid))
     if len(candidates) == 1:
         model = clone(estimator).set_params(**candidates[0]).fit(X, y)
         return model, candidates[0], [{"params": candidates[0], "score": None}], "none"
-    folds = _inner_folds(y, classes)
+    if groups is None:
+        folds = _inner_folds(y, classes)
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        from featx.tune import grouped_folds
+
+        _, originals = np.unique(groups, return_index=True)
+        folds = _inner_folds(y[originals], classes)
+        splits = grouped_folds(y, groups, folds, seed)
     search = GridSearchCV(
         clone(estimator),
         grid,
         scoring="accuracy",
-        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
+        cv=splits,
         refit=True,
         error_score="raise",
     ).fit(X, y)

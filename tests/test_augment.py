@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import CountingBackbone
+from sklearn.linear_model import LogisticRegression
 
 from featx import EmbeddingTransformer, Extractor
 from featx.augment import AugmentPolicy, Crop, Flip, resolve_augment, resolve_tta
@@ -183,3 +184,43 @@ def test_compare_concatenates_several_backbones_in_one_row(image_folder, tmp_pat
     row = table.iloc[0]
     assert row["backbone"] == "MobileNetV2 (random weights) + VGG16 (random weights)"
     assert row["dim"] == 1280 + 512 and row["ms_per_image"] > 0
+
+
+class _GroupRecordingHead(LogisticRegression):
+    """Records, per fit, the images (groups) it trained on, and what each predict overlaps."""
+
+    group_of: dict[bytes, int] = {}  # noqa: RUF012  (shared by sklearn's clones)
+    fits: list[list[int]] = []  # noqa: RUF012
+    overlaps: list[int] = []  # noqa: RUF012
+
+    def fit(self, X, y, sample_weight=None):
+        self.groups_ = [self.group_of[row.tobytes()] for row in np.asarray(X)]
+        _GroupRecordingHead.fits.append(self.groups_)
+        return super().fit(X, y, sample_weight)
+
+    def predict(self, X):
+        scored = {self.group_of[row.tobytes()] for row in np.asarray(X)}
+        _GroupRecordingHead.overlaps.append(len(scored & set(self.groups_)))
+        return super().predict(X)
+
+
+def test_evaluate_with_copies_never_scores_an_image_whose_copy_it_trained_on(image_folder):
+    combined = CombinedExtractor([CountingBackbone()], augment=2, cache_dir=None)
+    views = [combined.extract(image_folder), *combined.extract_copies(image_folder)]
+    _GroupRecordingHead.group_of = {row.tobytes(): i for e in views for i, row in enumerate(e.X)}
+    _GroupRecordingHead.fits, _GroupRecordingHead.overlaps = [], []
+    from featx.evaluate import evaluate
+
+    result = evaluate(
+        image_folder,
+        backbone=CountingBackbone(),
+        augment=2,
+        cv=2,
+        head=_GroupRecordingHead(max_iter=1000),
+        grid={"C": [0.1, 1.0]},
+        cache_dir=None,
+    )
+    assert result["augment"] == 2 and result["n_test"] == 12
+    # Every fit holds each of its images three times: the original and two copies.
+    assert all(len(fit) == 3 * len(set(fit)) for fit in _GroupRecordingHead.fits)
+    assert _GroupRecordingHead.overlaps and not any(_GroupRecordingHead.overlaps)
