@@ -709,6 +709,7 @@ class _Search:
                 }
             )
         table = pd.DataFrame(rows)
+        table["augment"] = table["augment"].astype("Int64")  # copies, or <NA>: not 2.0
         table["input_size"] = table["input_size"].map(
             lambda s: "+".join(map(str, s)) if isinstance(s, list) else s
         )
