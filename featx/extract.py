@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from featx.augment import View
 from featx.backbones import Backbone, resolve_backbone
 from featx.cache import CACHE_FORMAT, EmbeddingCache, default_cache_dir
 from featx.images import DECODER_VERSION, RESIZE_POLICIES, WHITE, DecodeError, array_to_rgb, decode
@@ -207,7 +208,7 @@ class Extractor:
         on_error: str = "raise",
         workers: int | None = None,
         verbose: bool = True,
-        view: Any = None,
+        view: View | None = None,
     ) -> None:
         if resize not in RESIZE_POLICIES:
             raise ValueError(
