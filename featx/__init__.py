@@ -37,6 +37,7 @@ __all__ = [
     "predict_top_k",
     "project",
     "save_classifier",
+    "tune",
 ]
 
 # The learning half of the package imports scikit-learn; load it on first use so that
@@ -51,6 +52,7 @@ _LAZY = {
     "load_classifier": "featx.classifier",
     "predict_top_k": "featx.classifier",
     "project": "featx.projection",
+    "tune": "featx.tuning",
 }
 
 

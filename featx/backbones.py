@@ -40,7 +40,7 @@ __all__ = [
     "resolve_backbone",
 ]
 
-POOLINGS = ("avg", "max")
+POOLINGS = ("avg", "max", "avg+max")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -298,8 +298,9 @@ class KerasBackbone(Backbone):
         keep their own weights unless a weights file path is given.
     input_size : int or (height, width), optional
         Defaults to the registry's default size, or the custom model's fixed input shape.
-    pooling : {"avg", "max"}
-        Global pooling over the spatial axes of the feature map.
+    pooling : {"avg", "max", "avg+max"}
+        Global pooling over the spatial axes of the feature map; ``"avg+max"``
+        concatenates both (twice the dimension, from one forward pass).
     layer : str, optional
         Take this layer's output instead of the last convolutional block.
     seed : int
@@ -531,7 +532,7 @@ class KerasBackbone(Backbone):
                     "Pass layer= to choose one."
                 )
             self._dim = int(shape[-1])
-        return self._dim
+        return self._dim * (2 if self.pooling == "avg+max" else 1)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -571,8 +572,12 @@ class KerasBackbone(Backbone):
             features = model(preprocess(images), training=False)
             if len(features.shape) > 2:
                 axes = list(range(1, len(features.shape) - 1))
-                reduce = tf.reduce_mean if pooling == "avg" else tf.reduce_max
-                features = reduce(features, axis=axes)
+                pooled = [
+                    reduce(features, axis=axes)
+                    for name, reduce in (("avg", tf.reduce_mean), ("max", tf.reduce_max))
+                    if name in pooling.split("+")
+                ]
+                features = tf.concat(pooled, axis=-1) if len(pooled) > 1 else pooled[0]
             return tf.cast(features, tf.float32)
 
         return embed

@@ -16,17 +16,50 @@ def _weights(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
-def _size(value: str) -> int | tuple[int, int]:
-    parts = value.lower().replace(",", "x").split("x")
+def _one_size(value: str, option: str = "--size") -> int | tuple[int, int]:
+    parts = value.lower().split("x")
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--size {value!r}: expected N or HxW") from None
+        raise argparse.ArgumentTypeError(f"{option} {value!r}: expected N or HxW") from None
     if len(sizes) == 1:
         return sizes[0]
     if len(sizes) == 2:
         return sizes[0], sizes[1]
-    raise argparse.ArgumentTypeError(f"--size {value!r}: expected N or HxW")
+    raise argparse.ArgumentTypeError(f"{option} {value!r}: expected N or HxW")
+
+
+def _size(value: str) -> int | tuple[int, int] | list[int | tuple[int, int]]:
+    """``160``, ``160x120`` (height x width), or ``160,224``: several sizes, concatenated."""
+    sizes = [_one_size(part.strip()) for part in value.split(",")]
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _tta(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _sizes_space(value: str) -> list[Any]:
+    """``160,224,160+224``: candidates for tune; ``+`` concatenates sizes."""
+    candidates = []
+    for candidate in value.split(","):
+        sizes = [_one_size(s.strip(), "--sizes") for s in candidate.split("+")]
+        candidates.append(sizes[0] if len(sizes) == 1 else sizes)
+    return candidates
+
+
+def _grid(value: str) -> tuple[str, dict[str, list[Any]]]:
+    """``logreg:C=0.01,0.1`` -> ("logreg", {"clf__C": [0.01, 0.1]})."""
+    head, sep, rest = value.partition(":")
+    key, sep2, raw = rest.partition("=")
+    if not sep or not sep2 or head not in _HEADS:
+        raise argparse.ArgumentTypeError(
+            f"--grid {value!r}: expected HEAD:KEY=V1,V2 with HEAD one of {', '.join(_HEADS)}, "
+            "e.g. logreg:C=0.01,0.1"
+        )
+    values = [json.loads(v) if v.strip() else v for v in raw.split(",")]
+    prefix = "clf__estimator__" if head in ("svm", "linear-svm") else "clf__"
+    return head, {key if "__" in key else prefix + key: values}
 
 
 def _cache_dir(value: str) -> str | None:
@@ -60,8 +93,9 @@ def _add_backbone_options(p: argparse.ArgumentParser, default_weights: str | Non
         default=default_weights,
         help="imagenet | none (seeded random init) | PATH to a weights file",
     )
-    p.add_argument("--size", type=_size, default=None, help="input size N or HxW")
-    p.add_argument("--pooling", choices=("avg", "max"), default="avg")
+    p.add_argument("--size", type=_size, default=None,
+                   help="input size N or HxW; N,M embeds at each size and concatenates")
+    p.add_argument("--pooling", choices=("avg", "max", "avg+max"), default="avg")
     p.add_argument("--layer", default=None, help="embed this layer instead of the last block")
     p.add_argument("--resize", choices=("stretch", "center_crop"), default="stretch")
     p.add_argument("--batch-size", type=int, default=32)
@@ -111,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--test", default=None, help="explicit test source")
         p.add_argument("--cv", type=int, default=5, help="folds for a single folder")
         _add_backbone_options(p, default_weights="imagenet")
+        p.add_argument("--tta", type=_tta, default=None,
+                       help="test-time views averaged: none | flip | crop | flip+crop")
+        p.add_argument("--tta-combine", choices=("mean", "concat"), default="mean")
+        p.add_argument("--augment", type=int, default=0,
+                       help="also train on K seeded augmented copies of each training image")
         if name == "evaluate":
             p.add_argument("--head", default="logreg", choices=_HEADS)
         else:
@@ -144,6 +183,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-thumbnails", action="store_true", help="no image thumbnails on hover")
     p.add_argument("--title", default=None)
     _add_backbone_options(p, default_weights="imagenet")
+
+    p = sub.add_parser("tune", help="search size, views, pooling, augmentation and head")
+    p.add_argument("source", nargs="?", default=None,
+                   help="a root with train/ validation/ test/, or one class-per-folder "
+                   "directory (nested cross-validation)")
+    p.add_argument("--train", default=None, help="explicit training source")
+    p.add_argument("--validation", default=None, help="explicit validation source")
+    p.add_argument("--test", default=None, help="explicit test source")
+    p.add_argument("--cv", type=int, default=5, help="outer folds for a single folder")
+    p.add_argument("--inner-cv", type=int, default=3, help="folds of the inner selection")
+    p.add_argument("--backbone", default="MobileNetV2", help="registry name, or a .keras/.h5 file")
+    p.add_argument("--weights", type=_weights, default="imagenet",
+                   help="imagenet | none (seeded random init) | PATH to a weights file")
+    p.add_argument("--sizes", type=_sizes_space, default="160,224,160+224",
+                   help="input sizes to try; + concatenates (default 160,224,160+224)")
+    p.add_argument("--tta", default="none,flip", help="views to try (default none,flip)")
+    p.add_argument("--poolings", default="avg,avg+max", help="poolings to try")
+    p.add_argument("--augment", default="0",
+                   help="augmented copies per training image to try, e.g. 0,2 (default 0)")
+    p.add_argument("--heads", default="logreg,svm", help=f"heads to try, from {', '.join(_HEADS)}")
+    p.add_argument("--grid", type=_grid, action="append", default=[],
+                   help="a head's grid HEAD:KEY=V1,V2 (repeatable), e.g. logreg:C=0.01,0.1")
+    p.add_argument("--resize", choices=("stretch", "center_crop"), default="stretch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=_cache_dir, default="auto")
+    p.add_argument("--csv", default=None, help="also write the table to FILE.csv")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("backbones", help="list the registry")
     p.add_argument("--json", action="store_true")
@@ -243,6 +311,7 @@ def _evaluate(args: argparse.Namespace) -> Result:
     from featx.evaluate import evaluate
 
     result = evaluate(**_splits(args), backbone=args.backbone, head=args.head,
+                      tta=args.tta, tta_combine=args.tta_combine, augment=args.augment or None,
                       **_extractor_params(args))
     chosen = ", ".join(f"{k}={v}" for k, v in (result.get("chosen_params") or {}).items())
     text = (
@@ -263,7 +332,8 @@ def _compare(args: argparse.Namespace) -> Result:
                for n in names if n.strip()]
     table = compare(**_splits(args), backbones=entries,
                     heads=[h.strip() for h in args.heads.split(",") if h.strip()],
-                    baselines=not args.no_baselines, **params)
+                    baselines=not args.no_baselines, tta=args.tta,
+                    tta_combine=args.tta_combine, augment=args.augment or None, **params)
     if args.csv:
         table.to_csv(args.csv, index=False)
     records = json.loads(table.to_json(orient="records"))
@@ -296,6 +366,37 @@ def _report(args: argparse.Namespace) -> Result:
     written = [p for p in (result["out"], result["png"], result["svg"]) if p]
     lines.append(f"wrote {', '.join(written)} in {result['seconds']['total']:.1f} s")
     return result, "\n".join(lines)
+
+
+def _tune(args: argparse.Namespace) -> Result:
+    from featx.tuning import tune
+
+    def names(value: str) -> list[str]:
+        return [v.strip() for v in value.split(",") if v.strip()]
+
+    space = {
+        "input_size": args.sizes,
+        "tta": [_tta(v) for v in names(args.tta)],
+        "pooling": names(args.poolings),
+        "augment": [int(v) or None for v in names(args.augment)],
+        "head": names(args.heads),
+    }
+    found = tune(**_splits(args), backbone=args.backbone, weights=args.weights, space=space,
+                 grids=dict(args.grid) or None, inner_cv=args.inner_cv, resize=args.resize,
+                 cache_dir=args.cache_dir, batch_size=args.batch_size, seed=args.seed,
+                 verbose=False, log=None if args.quiet or args.json else print)
+    if args.csv:
+        found.results.to_csv(args.csv, index=False)
+    columns = ["name", "params", "score", "outer_accuracy", "dim", "ms_per_image"]
+    table = found.results[columns].to_string(index=False)
+    score = "mean outer-fold accuracy" if found.protocol == "nested-cv" else "test accuracy"
+    text = (
+        f"{table}\n{found.protocol}: {score} of the tuned pipeline {found.accuracy:.4f} "
+        f"(baseline {found.results['name'].iloc[0]}: {found.baseline_accuracy:.4f}); "
+        f"chosen: {found.results.loc[found.results['best'], 'name'].iloc[0]} "
+        f"{found.best['params']}"
+    )
+    return {**found.summary(), "csv": args.csv}, text
 
 
 def _backbones(args: argparse.Namespace) -> Result:
@@ -375,7 +476,8 @@ def _demo(args: argparse.Namespace) -> Result:
 
 _COMMANDS = {
     "extract": _extract, "train": _train, "predict": _predict, "evaluate": _evaluate,
-    "compare": _compare, "report": _report, "backbones": _backbones, "cache": _cache, "demo": _demo,
+    "compare": _compare, "tune": _tune, "report": _report, "backbones": _backbones,
+    "cache": _cache, "demo": _demo,
 }
 
 

@@ -50,6 +50,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from featx.backbones import Backbone, RawPixels, get_spec
+from featx.combine import CombinedExtractor, expand_members
 from featx.extract import Embeddings, Extractor
 from featx.heads import default_grid, make_head
 
@@ -84,6 +85,9 @@ def evaluate(
     batch_size: int = 32,
     seed: int = 0,
     verbose: bool = False,
+    tta: str | Sequence[Any] | None = None,
+    tta_combine: str = "mean",
+    augment: int | Mapping[str, Any] | Any = None,
 ) -> dict[str, Any]:
     """Extract embeddings (cached), fit a head with honest model selection, report test metrics.
 
@@ -97,7 +101,17 @@ def evaluate(
         Explicit splits: class-per-folder folders or DataFrames with a label column.
         Without ``validation``, hyperparameters are chosen by cross-validation on train.
     backbone, weights, input_size, pooling, layer, resize, batch_size
-        The network and how images reach it, as for :class:`~featx.Extractor`.
+        The network and how images reach it, as for :class:`~featx.Extractor`;
+        ``input_size`` (and ``layer``) may be lists, whose embeddings are concatenated,
+        and ``pooling="avg+max"`` concatenates both poolings (see :mod:`featx.combine`).
+    tta, tta_combine
+        Test-time views of every image (``"flip"``, ``"crop"``, ``"flip+crop"``),
+        averaged or concatenated (see :mod:`featx.augment`); for training images too,
+        so train and test embeddings are alike.
+    augment : None, int, dict or AugmentPolicy, optional
+        Train-time augmentation: the head also trains on that many seeded copies of
+        every training (and validation) image. A copy is always on its original's side
+        of every split (grouped folds); only originals are scored.
     head : {"logreg", "svm", "linear-svm", "mlp"} or estimator, default "logreg"
         A :func:`~featx.heads.make_head` kind, or any scikit-learn classifier with
         ``predict_proba`` (cloned, never modified).
@@ -155,23 +169,22 @@ def evaluate(
     ('train-test', 1.0, 12, 6, {'clf__C': 0.1})
     """
     splits = _resolve_splits(source, train, validation, test)
-    extractor = Extractor(
-        backbone,
-        weights=weights,
-        input_size=input_size,
-        pooling=pooling,
-        layer=layer,
-        resize=resize,
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        seed=seed,
-        verbose=verbose,
-    )
+    params = {
+        "backbone": backbone,
+        "weights": weights,
+        "input_size": input_size,
+        "pooling": pooling,
+        "layer": layer,
+        "resize": resize,
+        "seed": seed,
+    }
+    extractor = _extractor(params, tta, tta_combine, batch_size, cache_dir, verbose, augment)
     data = _load(splits, extractor)
     result = {
         "backbone": extractor.backbone.name,
         "weights": _weights_label(extractor.backbone, weights),
         "input_size": list(extractor.input_size),
+        **_combination(extractor),
         **_run(data, head, grid, cv, seed),
     }
     return _jsonable(result)
@@ -196,6 +209,9 @@ def compare(
     batch_size: int = 32,
     seed: int = 0,
     verbose: bool = False,
+    tta: str | Sequence[Any] | None = None,
+    tta_combine: str = "mean",
+    augment: int | Mapping[str, Any] | Any = None,
 ) -> pd.DataFrame:
     """Every backbone x head on the same data, splits and folds: one row each.
 
@@ -222,8 +238,9 @@ def compare(
         random weights (``"<name> (random weights)"``; registry backbones only).
     grids : dict, optional
         Grid per head kind, e.g. ``{"logreg": {"C": [0.1, 1]}}``; others use their default.
-    cv, cache_dir, seed, verbose
-        As for :func:`evaluate`.
+    cv, cache_dir, seed, verbose, tta, tta_combine, augment
+        As for :func:`evaluate` (``tta`` applies to every backbone; a dict entry may
+        give its own ``input_size`` list or ``pooling="avg+max"``).
 
     Returns
     -------
@@ -276,7 +293,15 @@ def compare(
         entries += _baselines(entries[0], defaults)
     rows = []
     for entry in entries:
-        extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
+        extractor = _extractor(
+            entry.params,
+            tta,
+            tta_combine,
+            entry.params.get("batch_size", batch_size),
+            cache_dir,
+            verbose,
+            augment,
+        )
         data = _load(splits, extractor)
         for head in heads:
             grid = grids.get(head) if isinstance(head, str) else None
@@ -302,6 +327,8 @@ def compare(
                     "extract_seconds": round(
                         sum(s["seconds"] for s in data.extraction.values()), 3
                     ),
+                    # Last, so the columns above keep their places; sizes joined by "+".
+                    **_combination(extractor),
                 }
             )
         del extractor  # one network in memory at a time
@@ -389,9 +416,55 @@ class _Data:
     dim: int
     extraction: dict[str, dict[str, Any]] = field(default_factory=dict)
     ms_per_image: float | None = None
+    # Augmented copies per training split (never "test"), each aligned with X[split].
+    copies: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def fit_rows(self, split: str, rows: np.ndarray | None = None):
+        """Rows of ``split`` with their augmented copies: X, y and each row's group."""
+        from featx.tuning import stack_copies
+
+        return stack_copies(self.X[split], self.y[split], self.copies.get(split, []), rows)
 
 
-def _load(splits: _Splits, extractor: Extractor) -> _Data:
+def _extractor(
+    params: dict[str, Any],
+    tta: Any,
+    tta_combine: str,
+    batch_size: int,
+    cache_dir: Any,
+    verbose: bool,
+    augment: Any = None,
+) -> Extractor | CombinedExtractor:
+    """The plain extractor, or a combined one for lists, views and augmented copies."""
+    params = {k: v for k, v in params.items() if k != "batch_size"}
+    lists = any(isinstance(params.get(k), list) for k in ("input_size", "layer", "backbone"))
+    if tta is None and not lists and not augment:
+        return Extractor(**params, batch_size=batch_size, cache_dir=cache_dir, verbose=verbose)
+    backbone = params.pop("backbone")
+    return CombinedExtractor(
+        expand_members(backbone, **params),
+        tta=tta,
+        tta_combine=tta_combine,
+        augment=augment,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        verbose=verbose,
+    )
+
+
+def _combination(extractor: Extractor | CombinedExtractor) -> dict[str, Any]:
+    """What a combined extractor adds to a result: its members, views and dimension."""
+    if not isinstance(extractor, CombinedExtractor):
+        return {"tta": None, "members": None, "augment": None}
+    return {
+        "augment": None if extractor.augment is None else extractor.augment.copies,
+        "input_size": "+".join(str(_size_label(b.input_size)) for b in extractor._backbones),
+        "tta": extractor.label.split("tta=")[1] if "tta=" in extractor.label else None,
+        "members": extractor.label,
+    }
+
+
+def _load(splits: _Splits, extractor: Extractor | CombinedExtractor) -> _Data:
     embeddings: dict[str, Embeddings] = {}
     for split, source in splits.sources.items():
         embedded = extractor.extract(source)
@@ -413,6 +486,11 @@ def _load(splits: _Splits, extractor: Extractor) -> _Data:
         dim=reference.dim,
         extraction={split: _extraction_summary(e) for split, e in embeddings.items()},
         ms_per_image=_ms_per_image(extractor, list(embeddings.values())),
+        copies={
+            split: [e.X for e in extractor.extract_copies(splits.sources[split])]
+            for split in embeddings
+            if split != "test" and getattr(extractor, "augment", None) is not None
+        },
     )
 
 
@@ -460,7 +538,11 @@ def _extraction_summary(embedded: Embeddings) -> dict[str, Any]:
 
 def _ms_per_image(extractor: Extractor, embeddings: list[Embeddings]) -> float | None:
     """Extraction cost per image: the cache's record of compute time, else this run's."""
-    seconds = extractor.cache.seconds_per_image(extractor.fingerprint)
+    if isinstance(extractor, CombinedExtractor):
+        ms = extractor.ms_per_image()
+        seconds = None if ms is None else ms / 1000.0
+    else:
+        seconds = extractor.cache.seconds_per_image(extractor.fingerprint)
     if seconds is None:
         computed = sum(e.cache_misses for e in embeddings)
         if not computed:
@@ -541,13 +623,20 @@ def _run(data: _Data, head: str | Any, grid: Mapping[str, Any] | None, cv: int, 
 def _fixed_split(data: _Data, estimator: Any, grid: dict, seed: int) -> dict[str, Any]:
     X, y = data.X, data.y
     start = time.perf_counter()
+    X_fit, y_fit, groups = data.fit_rows("train")  # with augmented copies, if any
     if "validation" in X:
         model, chosen, search, selection = _select_on_validation(
-            estimator, grid, X["train"], y["train"], X["validation"], y["validation"]
+            estimator,
+            grid,
+            X_fit,
+            y_fit,
+            X["validation"],
+            y["validation"],
+            refit_extra=data.fit_rows("validation")[:2],
         )
     else:
         model, chosen, search, selection = _select_by_inner_cv(
-            estimator, grid, X["train"], y["train"], seed, data.classes
+            estimator, grid, X_fit, y_fit, seed, data.classes, groups if data.copies else None
         )
     fit_seconds = time.perf_counter() - start
     metrics = _metrics(y["test"], model.predict(X["test"]), data.classes)
@@ -574,8 +663,9 @@ def _nested_cv(data: _Data, estimator: Any, grid: dict, cv: int, seed: int) -> d
     outer = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
     for k, (train, test) in enumerate(outer.split(X, y)):
         start = time.perf_counter()
+        X_fit, y_fit, groups = data.fit_rows("all", train)  # with augmented copies, if any
         model, chosen, search, selection = _select_by_inner_cv(
-            estimator, grid, X[train], y[train], seed, data.classes
+            estimator, grid, X_fit, y_fit, seed, data.classes, groups if data.copies else None
         )
         fit_seconds = time.perf_counter() - start
         predicted[test] = model.predict(X[test])
@@ -619,8 +709,9 @@ def _nested_cv(data: _Data, estimator: Any, grid: dict, cv: int, seed: int) -> d
     }
 
 
-def _select_on_validation(estimator, grid, X_train, y_train, X_val, y_val):
-    """Fit every candidate on train, keep the best on validation, refit it on both."""
+def _select_on_validation(estimator, grid, X_train, y_train, X_val, y_val, refit_extra=None):
+    """Fit every candidate on train, keep the best on validation, refit it on both
+    (``refit_extra``: the validation rows to refit on, copies included, if not X_val)."""
     candidates = list(ParameterGrid(grid))
     search: list[dict[str, Any]] = [{"params": params, "score": None} for params in candidates]
     if len(candidates) > 1:
@@ -630,22 +721,34 @@ def _select_on_validation(estimator, grid, X_train, y_train, X_val, y_val):
     best = int(np.argmax([entry["score"] or 0.0 for entry in search]))  # first of equals
     chosen = candidates[best]
     model = clone(estimator).set_params(**chosen)
-    model.fit(np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val]))
+    X_more, y_more = refit_extra if refit_extra is not None else (X_val, y_val)
+    model.fit(np.concatenate([X_train, X_more]), np.concatenate([y_train, y_more]))
     return model, chosen, search, "validation accuracy" if len(candidates) > 1 else "none"
 
 
-def _select_by_inner_cv(estimator, grid, X, y, seed, classes):
-    """Stratified inner cross-validation on (X, y) only; the best candidate refitted on all."""
+def _select_by_inner_cv(estimator, grid, X, y, seed, classes, groups=None):
+    """Stratified inner cross-validation on (X, y) only; the best candidate refitted on all.
+
+    With ``groups`` (augmented copies), folds are grouped: a copy stays with its original,
+    and only originals are scored."""
     candidates = list(ParameterGrid(grid))
     if len(candidates) == 1:
         model = clone(estimator).set_params(**candidates[0]).fit(X, y)
         return model, candidates[0], [{"params": candidates[0], "score": None}], "none"
-    folds = _inner_folds(y, classes)
+    if groups is None:
+        folds = _inner_folds(y, classes)
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        from featx.tuning import grouped_folds
+
+        _, originals = np.unique(groups, return_index=True)
+        folds = _inner_folds(y[originals], classes)
+        splits = grouped_folds(y, groups, folds, seed)
     search = GridSearchCV(
         clone(estimator),
         grid,
         scoring="accuracy",
-        cv=StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed),
+        cv=splits,
         refit=True,
         error_score="raise",
     ).fit(X, y)
@@ -748,7 +851,10 @@ def _entry(backbone: str | Mapping[str, Any] | Backbone, defaults: dict[str, Any
         if isinstance(params["backbone"], Backbone):
             params = {"backbone": params["backbone"]}
             return _Entry(label or _backbone_label(params["backbone"]), params)
-        return _Entry(label or _name_label(params["backbone"], params["weights"]), params)
+        names = params["backbone"] if isinstance(params["backbone"], list) else [params["backbone"]]
+        # A list of backbones is one entry: their embeddings concatenated.
+        text = " + ".join(_name_label(name, params["weights"]) for name in names)
+        return _Entry(label or text, params)
     if isinstance(backbone, (str, os.PathLike)):
         return _Entry(
             _name_label(backbone, defaults["weights"]), {"backbone": backbone, **defaults}

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from featx.augment import View
 from featx.backbones import Backbone, resolve_backbone
 from featx.cache import CACHE_FORMAT, EmbeddingCache, default_cache_dir
 from featx.images import DECODER_VERSION, RESIZE_POLICIES, WHITE, DecodeError, array_to_rgb, decode
@@ -153,9 +154,13 @@ class Extractor:
         initialisation (a baseline, reproducible across processes); a path loads that file.
     input_size : int or (height, width), optional
         Defaults to the backbone's default size.
-    pooling : {"avg", "max"}, default "avg"
+    pooling : {"avg", "max", "avg+max"}, default "avg"
     layer : str, optional
         Embed this layer's (pooled) output instead of the last convolutional block.
+    view : featx.augment.View, optional
+        A deterministic transformation of each resized image before the network (a
+        mirror, a crop, one seeded augmented copy; see :mod:`featx.augment`). Its
+        ``identity()`` is part of the fingerprint, so every view is cached apart.
     resize : {"stretch", "center_crop"}, default "stretch"
         How images reach ``input_size`` (see :mod:`featx.images`).
     background : (r, g, b), default white
@@ -203,6 +208,7 @@ class Extractor:
         on_error: str = "raise",
         workers: int | None = None,
         verbose: bool = True,
+        view: View | None = None,
     ) -> None:
         if resize not in RESIZE_POLICIES:
             raise ValueError(
@@ -230,6 +236,7 @@ class Extractor:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.verbose = verbose
         self.cache = EmbeddingCache(default_cache_dir() if cache_dir == "auto" else cache_dir)
+        self.view = view
         self.spec = {
             "format": CACHE_FORMAT,
             "backbone": self.backbone.identity(),
@@ -239,6 +246,8 @@ class Extractor:
                 "decoder": DECODER_VERSION,
             },
         }
+        if view is not None:  # absent otherwise, so plain extractions keep their fingerprints
+            self.spec["view"] = view.identity()
         self.fingerprint = hashlib.sha256(
             json.dumps(self.spec, sort_keys=True).encode()
         ).hexdigest()
@@ -415,7 +424,10 @@ class _BatchStream:
         content = self._extractor._read(self._images, i)
         # The key stored is the hash of the content actually decoded, even if the file
         # changed since it was first hashed.
-        return _content_key(content), self._extractor._pixels(content, name)
+        key, pixels = _content_key(content), self._extractor._pixels(content, name)
+        view = self._extractor.view
+        # A view is seeded by the content key, so its output is the same in every run.
+        return key, pixels if view is None else view.apply(pixels, key)
 
     def _run(self) -> None:
         ex = self._extractor

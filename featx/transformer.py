@@ -22,13 +22,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from featx.augment import AugmentPolicy, View
 from featx.backbones import Backbone
-from featx.extract import Extractor
+from featx.combine import CombinedExtractor, expand_members
 from featx.sources import resolve_source
 
 __all__ = ["EmbeddingTransformer"]
 
-# The parameters handed to the Extractor; the others (path_column) only read X.
+# The parameters handed to the extractor; the others (path_column) only read X.
 _EXTRACTOR_PARAMS = (
     "backbone",
     "weights",
@@ -40,7 +41,11 @@ _EXTRACTOR_PARAMS = (
     "cache_dir",
     "seed",
     "verbose",
+    "tta",
+    "tta_combine",
+    "augment",
 )
+_MEMBER_PARAMS = ("weights", "input_size", "pooling", "layer", "resize", "seed")
 
 
 class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -58,12 +63,25 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         path of a saved ``.keras``/``.h5`` model, or a :class:`~featx.backbones.Backbone`.
     weights : "imagenet", None or path, default "imagenet"
         ``None`` is a seeded random initialisation (a baseline).
-    input_size : int or (height, width), optional
-        Defaults to the backbone's default size.
-    pooling : {"avg", "max"}, default "avg"
-    layer : str, optional
-        Embed this layer's (pooled) output instead of the last convolutional block.
+    input_size : int, (height, width) or list of them, optional
+        Defaults to the backbone's default size. A list (``[160, 224]``) embeds every
+        image at each size and concatenates the embeddings (multi-scale).
+    pooling : {"avg", "max", "avg+max"}, default "avg"
+        ``"avg+max"`` concatenates both poolings of one forward pass.
+    layer : str or list of str, optional
+        Embed this layer's (pooled) output instead of the last convolutional block; a
+        list concatenates several layers (``None`` in it is the last block).
     resize : {"stretch", "center_crop"}, default "stretch"
+    tta : None, "flip", "crop", "flip+crop" or list of views, default None
+        Test-time augmentation: embed these deterministic views of every image (the
+        image itself included) and combine them (see :mod:`featx.augment`).
+    tta_combine : {"mean", "concat"}, default "mean"
+        Average the views' embeddings, or concatenate them.
+    augment : None, int, dict or AugmentPolicy, default None
+        Train-time augmentation policy for :meth:`transform_copies`: that many seeded,
+        cached augmented copies of each image. A scikit-learn ``Pipeline`` cannot add
+        rows, so ``fit``/``transform`` never use it; :func:`featx.tuning.tune` and
+        :func:`featx.evaluate.evaluate` train heads on originals plus copies, grouped.
     batch_size : int, default 32
     cache_dir : path, "auto" or None, default "auto"
         ``"auto"`` is ``$FEATX_CACHE_DIR`` or ``./cache``; ``None`` disables caching.
@@ -130,6 +148,9 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         seed: int = 0,
         path_column: str = "path",
         verbose: bool = False,
+        tta: str | list[View | str | None] | None = None,
+        tta_combine: str = "mean",
+        augment: int | dict | AugmentPolicy | None = None,
     ) -> None:
         self.backbone = backbone
         self.weights = weights
@@ -142,6 +163,9 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.seed = seed
         self.path_column = path_column
         self.verbose = verbose
+        self.tta = tta
+        self.tta_combine = tta_combine
+        self.augment = augment
 
     def fit(self, X: Any, y: Any = None) -> EmbeddingTransformer:
         """Check the parameters and the kind of ``X``; read no image.
@@ -160,7 +184,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self : EmbeddingTransformer
         """
         params = self._extractor_params()
-        extractor = Extractor(**params, on_error="raise")
+        extractor = _combined(params)
         resolve_source(_rows(X, self.path_column))  # the kind of X, checked now: no image read
         self.fingerprint_ = extractor.fingerprint
         self.n_features_out_ = extractor.dim
@@ -192,6 +216,29 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         rows = _rows(X, self.path_column)
         return self._get_extractor().extract(rows, on_error="raise").X
 
+    def transform_copies(self, X: Any) -> list[np.ndarray]:
+        """Embed the ``augment`` policy's copies of every image of ``X``.
+
+        Returns
+        -------
+        list of ndarray of shape (n_images, n_features_out_)
+            One array per copy index, rows aligned with :meth:`transform`'s. Stack them
+            with :func:`featx.tuning.stack_copies` and split by its groups.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from featx import EmbeddingTransformer
+        >>> images = np.random.default_rng(0).integers(0, 255, (3, 40, 40, 3), dtype=np.uint8)
+        >>> embed = EmbeddingTransformer("MobileNetV2", weights=None, input_size=32,
+        ...                              augment=2, cache_dir=None).fit(images)
+        >>> [copy.shape for copy in embed.transform_copies(images)]
+        [(3, 1280), (3, 1280)]
+        """
+        check_is_fitted(self)
+        rows = _rows(X, self.path_column)
+        return [e.X for e in self._get_extractor().extract_copies(rows, on_error="raise")]
+
     @property
     def _n_features_out(self) -> int:
         # What ClassNamePrefixFeaturesOutMixin.get_feature_names_out counts.
@@ -200,14 +247,14 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def _extractor_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _EXTRACTOR_PARAMS}
 
-    def _get_extractor(self) -> Extractor:
+    def _get_extractor(self) -> CombinedExtractor:
         """The fitted extractor; rebuilt after unpickling or when parameters changed."""
         params = self._extractor_params()
         extractor = self.__dict__.get("_extractor")
         built_with = self.__dict__.get("_extractor_built_with")
         if extractor is not None and built_with is not None and _same_params(built_with, params):
             return extractor
-        extractor = Extractor(**params, on_error="raise")
+        extractor = _combined(params)
         if extractor.fingerprint != self.fingerprint_:
             changed = (
                 [k for k in params if not _same_value(built_with[k], params[k])]
@@ -242,6 +289,21 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # The output is float32 embeddings whatever the input dtype.
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+
+def _combined(params: dict[str, Any]) -> CombinedExtractor:
+    """One extractor for every size, layer and view the parameters ask for."""
+    members = expand_members(params["backbone"], **{name: params[name] for name in _MEMBER_PARAMS})
+    return CombinedExtractor(
+        members,
+        tta=params["tta"],
+        tta_combine=params["tta_combine"],
+        augment=params["augment"],
+        batch_size=params["batch_size"],
+        cache_dir=params["cache_dir"],
+        verbose=params["verbose"],
+        on_error="raise",
+    )
 
 
 def _rows(X: Any, path_column: str) -> list[Any] | np.ndarray:
@@ -309,7 +371,7 @@ def _same_value(a: Any, b: Any) -> bool:
         return True
     if type(a) is not type(b):
         return False
-    if isinstance(a, (str, int, float, tuple, os.PathLike)):
+    if isinstance(a, (str, int, float, tuple, list, dict, os.PathLike, AugmentPolicy)):
         return a == b
     return False
 
