@@ -39,6 +39,7 @@ _EXTRACTOR_PARAMS = (
     "batch_size",
     "cache_dir",
     "seed",
+    "precision",
     "verbose",
 )
 
@@ -69,6 +70,9 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``"auto"`` is ``$FEATX_CACHE_DIR`` or ``./cache``; ``None`` disables caching.
     seed : int, default 0
         Seed of the random initialisation when ``weights=None``.
+    precision : {"float32", "bfloat16", "float16"}, default "float32"
+        Compute precision of a registry backbone; ``"float16"`` is for GPUs (see
+        :class:`~featx.extract.Extractor`).
     path_column : str, default "path"
         When ``X`` is a DataFrame: the column of image paths. A one-column DataFrame
         may name its column anything.
@@ -128,6 +132,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         batch_size: int = 32,
         cache_dir: str | os.PathLike | None = "auto",
         seed: int = 0,
+        precision: str = "float32",
         path_column: str = "path",
         verbose: bool = False,
     ) -> None:
@@ -140,6 +145,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.seed = seed
+        self.precision = precision
         self.path_column = path_column
         self.verbose = verbose
 
