@@ -1,7 +1,7 @@
 """featx extraction speed against the forward pass and two hand-written baselines.
 
 One command measures, on the same images, backbone and input size, each mode in its own
-fresh subprocess (so each one's peak RSS, ``ru_maxrss``, is its own high-water mark; every
+fresh subprocess (so each one's peak RSS, ``VmHWM``, is its own high-water mark; every
 process pays the same TensorFlow import and model build, which are not timed):
 
 - **forward**: the images decoded beforehand (featx's decoder) into fixed-shape float32
@@ -113,6 +113,20 @@ def spread(paths: list[str], n: int) -> list[str]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory, in MB.
+
+    ``VmHWM`` belongs to the process's own address space, which ``exec`` starts afresh.
+    ``ru_maxrss`` is not used where ``VmHWM`` exists: on Linux it also keeps the peak of
+    the address space replaced by ``exec``, the parent's when the parent forks with
+    ``vfork`` (as ``subprocess`` does), so a child would report at least the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -324,6 +338,8 @@ def measure_config(backbone: str, size: int, folder: Path, limit: int | None, ar
     if forward_cpu and "featx-cold" in rows:
         # Steadier than wall time when other processes share the CPUs.
         ratios["cold/forward by CPU-s"] = np.mean(forward_cpu) / cpu_per_image["featx-cold"]
+    if forward_cpu and "forward-bf16" in rows:
+        ratios["bf16/f32 forward by CPU-s"] = np.mean(forward_cpu) / cpu_per_image["forward-bf16"]
     return {
         "backbone": backbone,
         "size": size,
