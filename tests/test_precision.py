@@ -102,3 +102,14 @@ def test_cli_extract_passes_precision_through(image_folder, capsys):
     assert main([*argv, "--precision", "bfloat16"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["fingerprint"] == _extractor("bfloat16").fingerprint
+
+
+def test_transformer_refuses_a_precision_changed_after_fit():
+    from featx import EmbeddingTransformer
+
+    transformer = EmbeddingTransformer(weights=None, input_size=32, cache_dir=None)
+    transformer.fit(IMAGES)
+    assert transformer.get_params()["precision"] == "float32"
+    transformer.set_params(precision="bfloat16")
+    with pytest.raises(ValueError, match=r"\(precision\)"):
+        transformer.transform(IMAGES)
