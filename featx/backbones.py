@@ -14,6 +14,7 @@ models are built on first use.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.metadata
@@ -22,7 +23,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "PRECISIONS",
     "Backbone",
     "BackboneSpec",
     "KerasBackbone",
@@ -41,6 +44,9 @@ __all__ = [
 ]
 
 POOLINGS = ("avg", "max", "avg+max")
+# Compute precision -> the Keras dtype policy the network is built under. Variables stay
+# float32 in every case (Keras' mixed policies); embeddings are always returned as float32.
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -308,6 +314,13 @@ class KerasBackbone(Backbone):
     preprocess : callable, optional
         Custom models only: maps 0-255 float RGB tensors to the model's input range.
         Registry models always use their family's ``preprocess_input``.
+    precision : {"float32", "bfloat16", "float16"}
+        Compute precision of a registry model, built under the Keras dtype policy
+        ``"mixed_bfloat16"`` or ``"mixed_float16"`` (weights stay float32; pooling and
+        the returned embeddings are float32). ``"bfloat16"`` is for CPUs with AVX512-BF16
+        or AMX (and TPUs/recent GPUs); ``"float16"`` is for GPUs: on a machine without
+        one it is slow and warns. A non-float32 precision is part of the fingerprint, so
+        its vectors never mix with float32 ones in the cache.
     """
 
     def __init__(
@@ -320,10 +333,13 @@ class KerasBackbone(Backbone):
         layer: str | None = None,
         seed: int = 0,
         preprocess: Callable[[Any], Any] | None = None,
+        precision: str = "float32",
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r} is not supported. Expected one of {POOLINGS}.")
+        _check_precision(precision)
         self.pooling = pooling
+        self.precision = precision
         self.layer = layer
         self.seed = int(seed)
         self._model = None
@@ -339,6 +355,12 @@ class KerasBackbone(Backbone):
                 weights,
                 input_size,
                 preprocess,
+            )
+        elif precision != "float32":
+            raise ValueError(
+                f"precision={precision!r} applies to registry backbones, which featx builds "
+                "itself. For your own model, build it under keras.config.set_dtype_policy("
+                f"{PRECISIONS[precision]!r}) and leave precision at 'float32'."
             )
         elif isinstance(model, os.PathLike):
             self._init_saved(Path(model), weights, input_size, preprocess)
@@ -475,6 +497,19 @@ class KerasBackbone(Backbone):
         _require_tensorflow_backend()
         if self._saved_model_path is not None:
             return keras.models.load_model(self._saved_model_path, compile=False)
+        with _dtype_policy(PRECISIONS[self.precision]):
+            return self._build_registry()
+
+    def _build_registry(self):
+        import keras
+
+        if self.precision == "float16" and not _has_gpu():
+            warnings.warn(
+                "precision='float16' is meant for GPUs; this machine has none, so float16 "
+                "runs emulated and slower than float32. Use 'bfloat16' on CPUs with "
+                "AVX512-BF16 or AMX, else 'float32'.",
+                stacklevel=4,
+            )
         ctor = self._spec.constructor()
         shape = (*self.input_size, 3)
         if self._weights_arg is None:
@@ -535,15 +570,20 @@ class KerasBackbone(Backbone):
         return self._dim * (2 if self.pooling == "avg+max" else 1)
 
     def identity(self) -> dict[str, Any]:
-        return {
+        identity = {
             "architecture": self._architecture,
             "weights": self._weights_id,
             "input_size": list(self.input_size),
             "pooling": self.pooling,
             "layer": self.layer,
             "preprocess": self._preprocess_id,
-            "dtype": "float32",
+            "dtype": "float32",  # of the embeddings, whatever the compute precision
         }
+        # Only added when not float32, so the fingerprints (and caches) made before
+        # precision= existed stay valid.
+        if self.precision != "float32":
+            identity["precision"] = self.precision
+        return identity
 
     def prepare(self, batch_shape: tuple[int, ...]) -> None:
         self._function(tuple(batch_shape)).get_concrete_function()
@@ -569,7 +609,8 @@ class KerasBackbone(Backbone):
         # shape, so an image's embedding does not depend on its neighbours (exact resumes).
         @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], reduce_retracing=False)
         def embed(images):
-            features = model(preprocess(images), training=False)
+            # Pool in float32: averaging thousands of bfloat16 values in bfloat16 loses digits.
+            features = tf.cast(model(preprocess(images), training=False), tf.float32)
             if len(features.shape) > 2:
                 axes = list(range(1, len(features.shape) - 1))
                 pooled = [
@@ -578,7 +619,7 @@ class KerasBackbone(Backbone):
                     if name in pooling.split("+")
                 ]
                 features = tf.concat(pooled, axis=-1) if len(pooled) > 1 else pooled[0]
-            return tf.cast(features, tf.float32)
+            return features
 
         return embed
 
@@ -631,6 +672,34 @@ def _identity(x):
     return x
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not supported. Expected one of "
+            f"{', '.join(map(repr, PRECISIONS))}: 'bfloat16' for CPUs with AVX512-BF16 or "
+            "AMX, 'float16' for GPUs."
+        )
+
+
+@contextlib.contextmanager
+def _dtype_policy(policy: str) -> Iterator[None]:
+    """Build layers under ``policy``, then put the global Keras policy back as it was."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -676,6 +745,7 @@ def resolve_backbone(
     layer: str | None = None,
     seed: int = 0,
     preprocess: Callable[[Any], Any] | None = None,
+    precision: str = "float32",
 ) -> Backbone:
     """Turn whatever the user passed as ``backbone`` into a :class:`Backbone`.
 
@@ -687,7 +757,14 @@ def resolve_backbone(
     ((96, 96), 1280)
     """
     if isinstance(backbone, Backbone):
+        if precision != "float32" and getattr(backbone, "precision", "float32") != precision:
+            raise ValueError(
+                f"precision={precision!r} was given with a ready-made {type(backbone).__name__}"
+                f" ({backbone.name!r}), which keeps its own precision. Pass the precision to "
+                "the backbone when creating it, or pass the backbone by name."
+            )
         return backbone
+    _check_precision(precision)
     return KerasBackbone(
         backbone,
         weights=weights,
@@ -696,4 +773,5 @@ def resolve_backbone(
         layer=layer,
         seed=seed,
         preprocess=preprocess,
+        precision=precision,
     )

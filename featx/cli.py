@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_backbone_options(p, default_weights="imagenet")
     p.add_argument("--out", default=None, help="also write the embeddings to FILE.npz")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="compute precision: bfloat16 for CPUs with AVX512-BF16, float16 for GPUs",
+    )
 
     p = sub.add_parser("train", help="fit an image classifier on a class-per-folder directory")
     p.add_argument("source", help="a class-per-folder directory")
@@ -248,6 +254,7 @@ def _extract(args: argparse.Namespace) -> Result:
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         seed=args.seed,
+        precision=args.precision,
         on_error=args.on_error,
         verbose=not args.quiet,
     )

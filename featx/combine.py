@@ -42,7 +42,16 @@ from featx.extract import Embeddings, Extractor
 __all__ = ["CombinedExtractor", "expand_members"]
 
 # What one member may set: the Extractor parameters that choose the network and its input.
-_MEMBER_KEYS = ("backbone", "weights", "input_size", "pooling", "layer", "resize", "seed")
+_MEMBER_KEYS = (
+    "backbone",
+    "weights",
+    "input_size",
+    "pooling",
+    "layer",
+    "resize",
+    "seed",
+    "precision",
+)
 
 
 def expand_members(
@@ -54,6 +63,7 @@ def expand_members(
     layer: str | Sequence[str | None] | None = None,
     resize: str = "stretch",
     seed: int = 0,
+    precision: str = "float32",
 ) -> list[dict[str, Any]]:
     """Members for every backbone x input size x layer given (lists are expanded).
 
@@ -78,6 +88,7 @@ def expand_members(
             "layer": lay,
             "resize": resize,
             "seed": seed,
+            "precision": precision,
         }
         for b, s, lay in itertools.product(backbones, sizes, layers)
     ]
@@ -296,7 +307,7 @@ class CombinedExtractor:
         return None if seconds is None else 1000.0 * seconds
 
 
-_NET_KEYS = ("weights", "input_size", "pooling", "layer", "seed")
+_NET_KEYS = ("weights", "input_size", "pooling", "layer", "seed", "precision")
 
 
 def _member(member: Mapping[str, Any] | str | Backbone) -> dict[str, Any]:

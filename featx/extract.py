@@ -5,10 +5,11 @@ The run, for one call of :meth:`Extractor.extract`:
 1. resolve the source into an ordered list of inputs (:mod:`featx.sources`);
 2. hash each input's content (file bytes or pixels) in a thread pool;
 3. look every hash up in the cache under the extractor's fingerprint;
-4. stream the misses: worker threads read and decode them (:mod:`featx.images`)
-   ahead of the model, batches of exactly ``batch_size`` images (the last one
-   zero-padded) go through one compiled function, and a writer thread stores each
-   batch in the cache while the next one is computed;
+4. stream the misses: worker threads, at a lower OS priority than the network's
+   own, read and decode them (:mod:`featx.images`) ahead of the model, batches of
+   exactly ``batch_size`` images (the last one zero-padded) go through one compiled
+   function, and a writer thread stores each batch in the cache while the next one
+   is computed;
 5. return an :class:`Embeddings` in input order, with failures listed.
 
 Every batch has the same shape, so an image's embedding does not depend on the
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -178,6 +180,11 @@ class Extractor:
         and listed in ``Embeddings.failed``.
     workers : int, optional
         Threads reading and decoding images (default: the number of CPUs, at most 8).
+    precision : {"float32", "bfloat16", "float16"}, default "float32"
+        Compute precision of a registry backbone (see
+        :class:`~featx.backbones.KerasBackbone`). ``"bfloat16"`` is faster for large
+        networks on CPUs with AVX512-BF16 (ResNet50) and close to float32; ``"float16"``
+        is for GPUs. Embeddings are float32 either way, cached apart from float32 ones.
     verbose : bool, default True
         Show a progress bar while computing.
 
@@ -207,6 +214,7 @@ class Extractor:
         preprocess: Callable[[Any], Any] | None = None,
         on_error: str = "raise",
         workers: int | None = None,
+        precision: str = "float32",
         verbose: bool = True,
         view: View | None = None,
     ) -> None:
@@ -228,6 +236,7 @@ class Extractor:
             layer=layer,
             seed=seed,
             preprocess=preprocess,
+            precision=precision,
         )
         self.resize = resize
         self.background = background
@@ -433,7 +442,7 @@ class _BatchStream:
         ex = self._extractor
         shape = (ex.batch_size, *ex.input_size, 3)
         try:
-            with ThreadPoolExecutor(ex.workers) as pool:
+            with ThreadPoolExecutor(ex.workers, initializer=_yield_to_compute) as pool:
                 batch, members = np.zeros(shape, np.float32), []
                 for job, result in zip(
                     self._jobs, _bounded_map(pool, self._try_decode, self._jobs), strict=True
@@ -519,6 +528,26 @@ class _CacheWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+
+# How much lower than the network's threads decoding threads run (Linux nice levels).
+DECODE_NICENESS = 10
+
+
+def _yield_to_compute() -> None:
+    """Lower the calling decode thread's scheduling priority (Linux; elsewhere a no-op).
+
+    The network's parallel ops wait for their slowest thread; a decode thread taking a core
+    from one of them stalls the whole op. At a lower priority, decoding fills the cores'
+    idle moments instead (measured: benchmarks/results-2026-11-23.md).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICENESS)
+    except OSError:
+        pass
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items, ahead: int = 64) -> Iterator:

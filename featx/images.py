@@ -94,7 +94,12 @@ def decode(
             side = max(size)
             img.draft(img.mode, (side, side))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if img.format == "JPEG":
+            # In place: same pixels without copying a whole decoded photo (the hot path).
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            # A copy: animated images must not re-read their frame over the transposed one.
+            img = ImageOps.exif_transpose(img)
         rgb = to_rgb(img, background)
     except DecodeError:
         raise

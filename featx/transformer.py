@@ -40,12 +40,13 @@ _EXTRACTOR_PARAMS = (
     "batch_size",
     "cache_dir",
     "seed",
+    "precision",
     "verbose",
     "tta",
     "tta_combine",
     "augment",
 )
-_MEMBER_PARAMS = ("weights", "input_size", "pooling", "layer", "resize", "seed")
+_MEMBER_PARAMS = ("weights", "input_size", "pooling", "layer", "resize", "seed", "precision")
 
 
 class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -87,6 +88,9 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``"auto"`` is ``$FEATX_CACHE_DIR`` or ``./cache``; ``None`` disables caching.
     seed : int, default 0
         Seed of the random initialisation when ``weights=None``.
+    precision : {"float32", "bfloat16", "float16"}, default "float32"
+        Compute precision of a registry backbone; ``"float16"`` is for GPUs (see
+        :class:`~featx.extract.Extractor`).
     path_column : str, default "path"
         When ``X`` is a DataFrame: the column of image paths. A one-column DataFrame
         may name its column anything.
@@ -146,6 +150,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         batch_size: int = 32,
         cache_dir: str | os.PathLike | None = "auto",
         seed: int = 0,
+        precision: str = "float32",
         path_column: str = "path",
         verbose: bool = False,
         tta: str | list[View | str | None] | None = None,
@@ -161,6 +166,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.seed = seed
+        self.precision = precision
         self.path_column = path_column
         self.verbose = verbose
         self.tta = tta
