@@ -478,7 +478,7 @@ def _demo(args: argparse.Namespace) -> Result:
         verbose=not args.quiet,
         log=(lambda _: None) if args.json else print,
     )
-    return result, f"report: {result['summary']}"
+    return result, f"summary: {result['summary']}"
 
 
 _COMMANDS = {
