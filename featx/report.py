@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from featx.backbones import Backbone
-from featx.cache import EmbeddingCache
+from featx.cache import EmbeddingCache, default_cache_dir
 from featx.extract import Embeddings, Extractor
 from featx.images import DecodeError, array_to_rgb, decode
 from featx.sources import ImageSet, resolve_source
@@ -183,11 +183,13 @@ def report(
         )
     timings: dict[str, float] = {}
 
-    embedded: list[tuple[Any, Embeddings, Extractor]] = []
+    embedded: list[tuple[Any, Embeddings, dict[str, Any]]] = []
     for entry in entries:
         extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
         emb = extractor.extract(images)
-        embedded.append((entry, emb, extractor))
+        embedded.append((entry, emb, _details(emb, extractor)))
+        del extractor  # one network in memory at a time
+    cache = EmbeddingCache(default_cache_dir() if cache_dir == "auto" else cache_dir)
     timings["extract"] = time.perf_counter() - start
 
     common = _common_rows([emb for _, emb, _ in embedded])
@@ -199,9 +201,9 @@ def report(
 
     mark = time.perf_counter()
     maps = []
-    for _, emb, extractor in embedded:
+    for _, emb, _ in embedded:
         X = emb.X[np.searchsorted(emb.index, common)]
-        maps.append(_cached_map(X, method, seed, extractor.cache))
+        maps.append(_cached_map(X, method, seed, cache))
     aligned = [_align_all(maps[0], m) for m in maps]
     timings["project"] = time.perf_counter() - mark
 
@@ -209,11 +211,11 @@ def report(
 
     mark = time.perf_counter()
     panels = []
-    for (entry, emb, extractor), coords in zip(embedded, aligned, strict=True):
+    for (entry, emb, details), coords in zip(embedded, aligned, strict=True):
         X = emb.X[np.searchsorted(emb.index, common)]
         metrics = separation_metrics(X, coords, y, classes, k=k, seed=seed)
         predicted = metrics.pop("predicted")
-        panels.append(Panel(entry.label, coords, metrics, predicted, _details(emb, extractor)))
+        panels.append(Panel(entry.label, coords, metrics, predicted, details))
     timings["metrics"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
