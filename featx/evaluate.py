@@ -275,20 +275,13 @@ def compare(
     import pandas as pd
 
     splits = _resolve_splits(source, train, validation, test)
-    if not backbones:
-        raise ValueError("backbones= is empty. Pass at least one backbone.")
+    entries, defaults = _entries(
+        backbones, weights=weights, input_size=input_size, pooling=pooling, resize=resize,
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
     if not heads:
         raise ValueError('heads= is empty. Pass at least one head, e.g. heads=("logreg",).')
     grids = dict(grids or {})
-    defaults = {
-        "weights": weights,
-        "input_size": input_size,
-        "pooling": pooling,
-        "resize": resize,
-        "batch_size": batch_size,
-        "seed": seed,
-    }
-    entries = [_entry(b, defaults) for b in backbones]
     if baselines:
         entries += _baselines(entries[0], defaults)
     rows = []
@@ -832,6 +825,15 @@ _EXTRACTOR_PARAMS = tuple(
     for name in inspect.signature(Extractor.__init__).parameters
     if name not in ("self", "cache_dir", "verbose")
 )
+
+
+def _entries(
+    backbones: Sequence[str | Mapping[str, Any] | Backbone], **defaults: Any
+) -> tuple[list[_Entry], dict[str, Any]]:
+    """One entry per backbone, with the defaults for those given by name; and the defaults."""
+    if not backbones:
+        raise ValueError("backbones= is empty. Pass at least one backbone.")
+    return [_entry(b, defaults) for b in backbones], defaults
 
 
 def _entry(backbone: str | Mapping[str, Any] | Backbone, defaults: dict[str, Any]) -> _Entry:

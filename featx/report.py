@@ -150,22 +150,19 @@ def report(
         JSON-ready: ``out``, ``png``, ``svg``, ``n_points``, ``classes``, ``panels`` (label,
         metrics, per-class separation, dim, cost), ``comparison`` (rows) and ``seconds``.
     """
-    from featx.evaluate import _entry, _split_layout, compare
+    from featx.evaluate import _entries, _split_layout, compare
 
     start = time.perf_counter()
-    if method not in ("umap", "pca", "tsne"):
-        raise ValueError(f"method={method!r} is not supported. Expected umap, pca or tsne.")
-    if not backbones:
-        raise ValueError("backbones= is empty. Pass at least one backbone.")
-    defaults = {
-        "weights": weights,
-        "input_size": input_size,
-        "pooling": pooling,
-        "resize": resize,
-        "batch_size": batch_size,
-        "seed": seed,
-    }
-    entries = [_entry(b, defaults) for b in backbones]
+    from featx.projection import METHODS
+
+    if method not in METHODS:
+        raise ValueError(
+            f"method={method!r} is not supported. Expected one of: {', '.join(METHODS)}."
+        )
+    entries, _ = _entries(
+        backbones, weights=weights, input_size=input_size, pooling=pooling, resize=resize,
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
     if layers:
         first = entries[0]
         entries = [
