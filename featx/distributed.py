@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["ENGINES", "check_engine_options"]
 
 ENGINES = ("local", "ray")
+# The driver stores vectors in shards of at least this many, or at least this often.
+WRITE_EVERY = 1024
+WRITE_SECONDS = 5.0
 _ADDRESS = re.compile(r"^(auto|local|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
 
 
@@ -106,9 +109,11 @@ def compute_on_ray(
     progress = _progress(len(jobs), f"{extractor.backbone.name} on Ray", extractor.verbose)
     failures: list[tuple[str, str, list[int]]] = []
     done = np.zeros(len(jobs), dtype=bool)
+    keys: list[str] = []
+    vectors: list[np.ndarray] = []
+    flushed = time.monotonic()
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            keys, vectors = [], []
             for job, key, vector, reason in zip(
                 batch["job"], batch["key"], batch["vector"], batch["reason"], strict=True
             ):
@@ -122,8 +127,13 @@ def compute_on_ray(
                 keys.append(str(key))
                 vectors.append(vector)
                 X[rows] = vector
-            if vectors:
+            # The driver writes for the whole cluster: shards of ~1,000 vectors store 4x
+            # faster than one per batch (benchmarks/results-ray-2026-11-23.md), and a few
+            # seconds' work at most is recomputed if the driver dies.
+            due = time.monotonic() - flushed > WRITE_SECONDS
+            if keys and (len(keys) >= WRITE_EVERY or due):
                 writer.put(keys, np.stack(vectors))
+                keys, vectors, flushed = [], [], time.monotonic()
             progress.update(len(batch["job"]))
             if on_error == "raise" and failures:
                 break
@@ -136,6 +146,8 @@ def compute_on_ray(
                 "error; this is a bug in featx's Ray engine, please report it."
             )
     finally:
+        if keys:  # what was computed is kept, even when the run stops on an error
+            writer.put(keys, np.stack(vectors))
         progress.close()
         writer.close()
     extractor.cache.record_cost(

@@ -19,6 +19,7 @@ import pytest
 from conftest import CLOTHING10, MOBILENET_WEIGHTS, ROOT, random_image, require_shared
 
 from featx import DecodeError, Extractor
+from featx.augment import AugmentPolicy
 from featx.backbones import Backbone, resolve_backbone
 from featx.cli import main
 
@@ -95,6 +96,17 @@ def test_ray_computes_only_the_misses_of_a_partly_filled_cache(ray_cluster, phot
     assert _rows_stored(tmp_path) == len(paths)
     here = Extractor("MobileNetV2", cache_dir=None, **OPTIONS).extract(paths)
     _same(on_ray, here)
+
+
+def test_views_and_center_crop_apply_on_the_workers_as_locally(ray_cluster, photos, tmp_path):
+    paths = sorted(str(p) for p in photos.rglob("*.jpg"))[:40]
+    options = {**OPTIONS, "view": AugmentPolicy().views()[0], "resize": "center_crop"}
+    on_ray = Extractor("MobileNetV2", cache_dir=tmp_path / "a", engine="ray", **options)
+    here = Extractor("MobileNetV2", cache_dir=tmp_path / "b", **options)
+    plain = Extractor("MobileNetV2", cache_dir=None, **OPTIONS).extract(paths)
+    augmented = on_ray.extract(paths, on_error="skip")
+    _same(augmented, here.extract(paths, on_error="skip"))
+    assert not np.array_equal(augmented.X, plain.X[: len(augmented)])
 
 
 class KillOnce(Backbone):
