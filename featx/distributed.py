@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -127,9 +128,9 @@ def compute_on_ray(
                 keys.append(str(key))
                 vectors.append(vector)
                 X[rows] = vector
-            # The driver writes for the whole cluster: shards of ~1,000 vectors store 4x
-            # faster than one per batch (benchmarks/results-ray-2026-11-23.md), and a few
-            # seconds' work at most is recomputed if the driver dies.
+            # The driver writes for the whole cluster: shards of ~1,000 vectors store many
+            # times faster than one per batch (benchmarks/results-ray-2026-11-23.md), and a
+            # few seconds' work at most is recomputed if the driver dies.
             due = time.monotonic() - flushed > WRITE_SECONDS
             if keys and (len(keys) >= WRITE_EVERY or due):
                 writer.put(keys, np.stack(vectors))
@@ -171,6 +172,7 @@ def _import_ray():
 def _connect(address: str | None):
     """Attach to Ray: the running session, the cluster at ``address``, or a new local one."""
     ray = _import_ray()
+    _check_reachable(address)
     if not ray.is_initialized():
         try:
             ray.init(
@@ -195,6 +197,21 @@ def _connect(address: str | None):
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return ray
+
+
+def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """Fail fast on a head node that does not answer: Ray itself retries for minutes."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(
+            f"Cannot reach a Ray cluster at address={address!r}: {exc}. Start one with "
+            "`ray start --head` (then address='auto' on its machines), check the host and "
+            "port, or pass address=None for a local Ray on this machine."
+        ) from None
 
 
 def _dataset(ray, paths: list[str], extractor: Extractor):

@@ -181,6 +181,12 @@ def test_engine_options_are_checked(photos, tmp_path):
         Extractor("MobileNetV2", engine="ray", ray_cpus_per_actor=0, **OPTIONS)
 
 
+def test_an_unreachable_cluster_fails_fast_naming_the_address(ray_cluster, photos):
+    ex = Extractor("MobileNetV2", cache_dir=None, engine="ray", address="127.0.0.1:1", **OPTIONS)
+    with pytest.raises(ConnectionError, match=r"Cannot reach a Ray cluster at address='127"):
+        ex.extract(photos, on_error="skip")
+
+
 def test_in_memory_images_are_refused_by_the_ray_engine(ray_cluster):
     images = np.zeros((2, 32, 32, 3), np.uint8)
     ex = Extractor("MobileNetV2", cache_dir=None, engine="ray", **OPTIONS)
