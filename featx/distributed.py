@@ -75,7 +75,8 @@ def check_engine_options(
             f"address={address!r} was given with engine='local'. Pass engine='ray' to run on "
             "that cluster, or drop address=."
         )
-    if actors is not None and (isinstance(actors, bool) or int(actors) != actors or actors < 1):
+    whole = isinstance(actors, (int, np.integer)) and not isinstance(actors, bool)
+    if actors is not None and not (whole and actors >= 1):
         raise ValueError(f"ray_actors={actors!r} must be a positive integer, or None.")
     if not cpus_per_actor > 0:
         raise ValueError(f"ray_cpus_per_actor={cpus_per_actor!r} must be positive.")

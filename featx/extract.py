@@ -317,7 +317,8 @@ class Extractor:
         on_error = on_error or self.on_error
         _check_on_error(on_error)
         engine = engine or self.engine
-        address = address if address is not None else self.address
+        if address is None and engine == "ray":
+            address = self.address
         check_engine_options(
             engine, address, self.ray_actors, self.ray_cpus_per_actor, self.ray_gpus_per_actor
         )

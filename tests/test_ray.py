@@ -163,6 +163,10 @@ def test_decode_failure_raises_as_the_local_engine_does(ray_cluster, photos, tmp
             ex.extract(photos, on_error="raise")
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
+    # What the Ray run computed before it stopped is in the cache; the rest is not.
+    kept = Extractor("MobileNetV2", cache_dir=tmp_path / "ray", **OPTIONS)
+    kept = kept.extract(photos, on_error="skip")
+    assert kept.cache_hits > 0 and kept.cache_hits + kept.cache_misses == N_IMAGES
 
 
 def test_engine_options_are_checked(photos, tmp_path):
@@ -175,8 +179,12 @@ def test_engine_options_are_checked(photos, tmp_path):
         ex.extract(photos, engine="ray", address="http://head:8265/")
     with pytest.raises(ValueError, match="with engine='local'"):
         Extractor("MobileNetV2", address="auto", **OPTIONS)
-    with pytest.raises(ValueError, match="ray_actors=0"):
-        Extractor("MobileNetV2", engine="ray", ray_actors=0, **OPTIONS)
+    for actors in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match=rf"ray_actors={actors!r} must be a positive"):
+            Extractor("MobileNetV2", engine="ray", ray_actors=actors, **OPTIONS)
+    # A per-call engine="local" runs here, whatever cluster the extractor names.
+    on_cluster = Extractor("MobileNetV2", engine="ray", address="auto", cache_dir=None, **OPTIONS)
+    assert len(on_cluster.extract(photos, engine="local", on_error="skip")) == N_IMAGES
     with pytest.raises(ValueError, match="ray_cpus_per_actor=0"):
         Extractor("MobileNetV2", engine="ray", ray_cpus_per_actor=0, **OPTIONS)
 
