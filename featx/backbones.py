@@ -555,6 +555,16 @@ class KerasBackbone(Backbone):
             digest.update(np.ascontiguousarray(np.asarray(w)).tobytes())
         return f"values:sha256={digest.hexdigest()}"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable without its compiled functions (rebuilt where it lands, e.g. a Ray
+        actor), and without the built network when it can be rebuilt from its name or file,
+        so shipping it to a worker costs bytes, not megabytes."""
+        state = dict(self.__dict__)
+        state["_functions"] = {}
+        if self._spec is not None or self._saved_model_path is not None:
+            state["_model"] = None
+        return state
+
     # -- the Backbone interface ---------------------------------------------------------------
 
     @property

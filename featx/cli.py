@@ -117,7 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="embed a folder or list of images into the cache")
-    p.add_argument("source", help="a class-per-folder directory or an image file")
+    p.add_argument("source", help="a class-per-folder directory, an image file, or a .csv / "
+                   ".parquet manifest of image paths (and labels)")
+    p.add_argument("--path-column", default="path", help="the manifest's path column")
+    p.add_argument("--label-column", default=None,
+                   help="the manifest's label column (default: 'label' if present)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="compute in this process, or on a Ray cluster (pip install featx[ray])")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: a local Ray)")
+    p.add_argument("--ray-actors", type=int, default=None,
+                   help="copies of the network on the cluster (default: one per CPU)")
+    p.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
     _add_backbone_options(p, default_weights="imagenet")
     p.add_argument("--out", default=None, help="also write the embeddings to FILE.npz")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
@@ -257,8 +269,15 @@ def _extract(args: argparse.Namespace) -> Result:
         precision=args.precision,
         on_error=args.on_error,
         verbose=not args.quiet,
+        engine=args.engine,
+        address=args.address,
+        ray_actors=args.ray_actors,
+        ray_cpus_per_actor=args.ray_cpus_per_actor,
+        ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
-    embeddings = extractor.extract(args.source)
+    embeddings = extractor.extract(
+        args.source, path_column=args.path_column, label_column=args.label_column
+    )
     if args.out:
         embeddings.save(args.out)
     summary = embeddings.summary()
@@ -498,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         # the run (Keras' download progress, for one) goes to stderr.
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             result, text = _COMMANDS[args.command](args)
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         print(f"featx {args.command}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, ensure_ascii=True) if as_json else text)

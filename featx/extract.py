@@ -38,6 +38,7 @@ import numpy as np
 from featx.augment import View
 from featx.backbones import Backbone, resolve_backbone
 from featx.cache import CACHE_FORMAT, EmbeddingCache, default_cache_dir
+from featx.distributed import check_engine_options, compute_on_ray
 from featx.images import DECODER_VERSION, RESIZE_POLICIES, WHITE, DecodeError, array_to_rgb, decode
 from featx.images import to_rgb as _pil_to_rgb
 from featx.sources import ImageSet, resolve_source
@@ -187,6 +188,19 @@ class Extractor:
         is for GPUs. Embeddings are float32 either way, cached apart from float32 ones.
     verbose : bool, default True
         Show a progress bar while computing.
+    engine : {"local", "ray"}, default "local"
+        Where cache misses are computed: in this process, or on a Ray cluster (a pool of
+        actors each holding the network; ``pip install "featx[ray]"``, see
+        :mod:`featx.distributed`). Both give bit-identical vectors and share the cache.
+    address : str, optional
+        The Ray cluster: None starts (or reuses) a local Ray on this machine, ``"auto"``
+        joins the cluster this machine belongs to, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``
+        names a head node. Only with ``engine="ray"``.
+    ray_actors : int, optional
+        Copies of the network on the cluster (default: one per ``ray_cpus_per_actor``
+        CPUs of the cluster).
+    ray_cpus_per_actor, ray_gpus_per_actor : float, default 1 and 0
+        Resources each actor holds; its CPUs also set its decoding threads.
 
     Examples
     --------
@@ -217,7 +231,13 @@ class Extractor:
         precision: str = "float32",
         verbose: bool = True,
         view: View | None = None,
+        engine: str = "local",
+        address: str | None = None,
+        ray_actors: int | None = None,
+        ray_cpus_per_actor: float = 1.0,
+        ray_gpus_per_actor: float = 0.0,
     ) -> None:
+        check_engine_options(engine, address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
         if resize not in RESIZE_POLICIES:
             raise ValueError(
                 f"resize={resize!r} is not supported. Expected one of {RESIZE_POLICIES}."
@@ -244,6 +264,10 @@ class Extractor:
         self.on_error = on_error
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.verbose = verbose
+        self.engine, self.address = engine, address
+        self.ray_actors = ray_actors
+        self.ray_cpus_per_actor = float(ray_cpus_per_actor)
+        self.ray_gpus_per_actor = float(ray_gpus_per_actor)
         self.cache = EmbeddingCache(default_cache_dir() if cache_dir == "auto" else cache_dir)
         self.view = view
         self.spec = {
@@ -277,8 +301,12 @@ class Extractor:
         path_column: str = "path",
         label_column: str | None = None,
         on_error: str | None = None,
+        engine: str | None = None,
+        address: str | None = None,
     ) -> Embeddings:
         """Embed every image of ``source`` (see :mod:`featx.sources` for what is accepted).
+
+        ``engine`` and ``address``, when given, override the extractor's own for this call.
 
         Raises
         ------
@@ -288,6 +316,12 @@ class Extractor:
         """
         on_error = on_error or self.on_error
         _check_on_error(on_error)
+        engine = engine or self.engine
+        if address is None and engine == "ray":
+            address = self.address
+        check_engine_options(
+            engine, address, self.ray_actors, self.ray_cpus_per_actor, self.ray_gpus_per_actor
+        )
         start = time.perf_counter()
         images = resolve_source(
             source, labels=labels, path_column=path_column, label_column=label_column
@@ -302,7 +336,11 @@ class Extractor:
         failed_rows: set[int] = set()
         if todo:
             self.cache.register(self.fingerprint, dim, self.spec)
-            for name, reason, rows in self._compute(images, ok, todo, X, on_error):
+            if engine == "ray":
+                failures = compute_on_ray(self, images, ok, todo, X, on_error, address)
+            else:
+                failures = self._compute(images, ok, todo, X, on_error)
+            for name, reason, rows in failures:
                 failed.append((name, reason))
                 failed_rows.update(rows)
         keep = np.asarray([r for r in range(len(ok)) if r not in failed_rows], dtype=np.int64)
@@ -345,25 +383,16 @@ class Extractor:
         """The raw content of input ``i``: file bytes, or pixels for in-memory images."""
         item = images.inputs[i]
         if isinstance(item, str):
-            try:
-                with open(item, "rb") as f:
-                    return f.read()
-            except OSError as exc:
-                raise DecodeError(_quote(item), f"cannot be read ({exc.strerror or exc})") from None
+            return _read_file(item)
         if isinstance(item, np.ndarray):
             return item
         return np.asarray(_pil_to_rgb(item, self.background))
 
-    def _pixels(self, content: bytes | np.ndarray, name: str) -> np.ndarray:
-        if isinstance(content, bytes):
-            return decode(
-                content,
-                self.input_size,
-                resize=self.resize,
-                background=self.background,
-                name=_quote(name),
-            )
-        return array_to_rgb(content, self.input_size, resize=self.resize, name=name)
+    def _decode(self, content: bytes | np.ndarray, name: str) -> tuple[str, np.ndarray]:
+        """The content key and the network's input pixels of one input (view applied)."""
+        return _decode_input(
+            content, name, self.input_size, self.resize, self.background, self.view
+        )
 
     # -- step 4: the streaming computation ----------------------------------------------------
 
@@ -430,13 +459,7 @@ class _BatchStream:
         _, rows = job
         i = int(self._ok[rows[0]])
         name = self._images.names[i]
-        content = self._extractor._read(self._images, i)
-        # The key stored is the hash of the content actually decoded, even if the file
-        # changed since it was first hashed.
-        key, pixels = _content_key(content), self._extractor._pixels(content, name)
-        view = self._extractor.view
-        # A view is seeded by the content key, so its output is the same in every run.
-        return key, pixels if view is None else view.apply(pixels, key)
+        return self._extractor._decode(self._extractor._read(self._images, i), name)
 
     def _run(self) -> None:
         ex = self._extractor
@@ -559,6 +582,36 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items, ahead: int = 64)
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise DecodeError(_quote(path), f"cannot be read ({exc.strerror or exc})") from None
+
+
+def _decode_input(
+    content: bytes | np.ndarray,
+    name: str,
+    size: tuple[int, int],
+    resize: str,
+    background: tuple[int, int, int],
+    view: View | None,
+) -> tuple[str, np.ndarray]:
+    """The content key and the network's input pixels of one input (every engine's path).
+
+    The key is the hash of the content actually decoded, even if the file changed since
+    it was first hashed.
+    """
+    key = _content_key(content)
+    if isinstance(content, bytes):
+        pixels = decode(content, size, resize=resize, background=background, name=_quote(name))
+    else:
+        pixels = array_to_rgb(content, size, resize=resize, name=name)
+    # A view is seeded by the content key, so its output is the same in every run.
+    return key, pixels if view is None else view.apply(pixels, key)
 
 
 def _content_key(content: bytes | np.ndarray) -> str:

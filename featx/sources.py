@@ -10,6 +10,9 @@ Accepted sources:
 - a list of file paths (``str`` or ``os.PathLike``);
 - a pandas DataFrame with a path column (``path_column``, default ``"path"``)
   and an optional label column (``label_column``, default ``"label"`` if present);
+- a manifest: the path of a ``.csv`` or ``.parquet`` file holding such a table (the
+  input of choice for millions of images); relative paths in it are relative to the
+  manifest's own folder;
 - a numpy array of images ``(N, H, W, 3)``, uint8 or float in 0-255 (the range
   ``keras.utils.img_to_array`` gives);
 - a list of PIL images.
@@ -27,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "resolve_source"]
+__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_EXTENSIONS", "ImageSet", "resolve_source"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
 
 
 @dataclass
@@ -95,6 +99,8 @@ def _resolve(source: Any, path_column: str, label_column: str | None) -> ImageSe
         path = Path(source)
         if path.is_dir():
             return _from_directory(path)
+        if path.is_file() and path.suffix.lower() in MANIFEST_EXTENSIONS:
+            return _from_manifest(path, path_column, label_column)
         if path.is_file():
             return ImageSet([str(path)], [str(path)])
         raise FileNotFoundError(f"The source {str(source)!r} is neither a folder nor a file.")
@@ -198,6 +204,45 @@ def _from_dataframe(df: Any, path_column: str, label_column: str | None) -> Imag
     image_set = ImageSet(paths, list(paths))
     if label_column is not None:
         image_set.y, image_set.classes = _encode_labels(df[label_column].tolist())
+    return image_set
+
+
+def _from_manifest(path: Path, path_column: str, label_column: str | None) -> ImageSet:
+    """A ``.csv`` / ``.parquet`` table of image paths (and labels), read as a DataFrame."""
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            # Paths stay text (a column of numbered files would otherwise become integers).
+            table = pd.read_csv(path, dtype={path_column: str})
+        else:
+            table = pd.read_parquet(path)
+    except ImportError as exc:
+        raise ImportError(
+            f"Reading the Parquet manifest {str(path)!r} needs pyarrow ({exc}). Install it "
+            "with pip install pyarrow, or save the manifest as .csv."
+        ) from exc
+    except Exception as exc:
+        raise ValueError(
+            f"Cannot read the manifest {str(path)!r} ({type(exc).__name__}: {exc}). Expected "
+            f"a {path.suffix.lower()} file with a {path_column!r} column of image paths."
+        ) from exc
+    if table.empty:
+        raise ValueError(
+            f"The manifest {str(path)!r} has no rows (columns: {list(table.columns)}). Expected "
+            f"one row per image with its path in column {path_column!r}."
+        )
+    try:
+        image_set = _from_dataframe(table, path_column, label_column)
+    except ValueError as exc:
+        raise ValueError(
+            str(exc).replace("The DataFrame", f"The manifest {str(path)!r}", 1)
+        ) from None
+    # Relative paths are relative to the manifest, so a dataset folder and its manifest
+    # move together.
+    base = path.parent
+    image_set.inputs = [p if os.path.isabs(p) else os.path.join(base, p) for p in image_set.inputs]
+    image_set.names = list(image_set.inputs)
     return image_set
 
 
