@@ -29,15 +29,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _fresh import child, machine, run_step
 
 N_CLASSES = 10
 FINGERPRINT = "benchmark-out-of-core"
@@ -62,14 +60,6 @@ def rows_of(start: int, stop: int, n: int, dim: int) -> np.ndarray:
         noise = np.random.default_rng([7, block]).normal(0.0, 1.0, (1024, dim)).astype(np.float32)
         out[lo - start : hi - start] = noise[lo - block * 1024 : hi - block * 1024]
     return out + means[y]
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def step_write(args) -> dict:
@@ -97,17 +87,28 @@ def step_read(args) -> dict:
     start = time.perf_counter()
     keys = keys_of(0, args.n)
     mark = time.perf_counter()
+    keys_seconds = round(mark - start, 1)
     cache = EmbeddingCache(args.dir / "cache")
     path = args.dir / "X.npy"
     with NpyRowWriter(path, (args.n, args.dim)) as writer:
         found = cache.read_into(FINGERPRINT, keys, writer)
     read = time.perf_counter() - mark
+    # Of which the index lookups alone (the same queries again, in chunks of 500 keys):
+    mark = time.perf_counter()
+    conn, n_rows = cache._connect(), 0
+    for lo in range(0, len(keys), 500):
+        chunk = keys[lo : lo + 500]
+        n_rows += len(conn.execute(
+            f"SELECT key, shard, row FROM vectors WHERE fp = ? AND key IN "
+            f"({','.join('?' * len(chunk))})", [FINGERPRINT, *chunk]).fetchall())  # fmt: skip
+    lookup = time.perf_counter() - mark
     X = np.load(path, mmap_mode="r")
     rng = np.random.default_rng(0)
     checked = np.sort(rng.choice(args.n, 200, replace=False))
     exact = all(np.array_equal(X[i], rows_of(i, i + 1, args.n, args.dim)[0]) for i in checked)
     return {"seconds": round(time.perf_counter() - start, 1), "read_into_seconds": round(read, 1),
-            "keys_seconds": round(mark - start, 1), "found": int(found.sum()),
+            "keys_seconds": keys_seconds, "index_lookup_seconds": round(lookup, 1),
+            "found": int(found.sum()),
             "sampled_rows_exact": bool(exact), "npy_bytes": path.stat().st_size}  # fmt: skip
 
 
@@ -136,30 +137,21 @@ def main() -> None:
     parser.add_argument("--step", choices=tuple(STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:  # a child process: one step, one JSON line
-        result = STEPS[args.step](args)
-        result["peak_rss_mb"] = round(peak_rss_mb())
-        print(json.dumps(result))
+        child(STEPS[args.step](args))
         return
     array_mb = args.n * args.dim * 4 / 1e6
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
+        "machine": machine(),
         "n": args.n, "dim": args.dim, "shard": args.shard, "whole_array_mb": round(array_mb),
         "steps": {},
     }  # fmt: skip
     args.dir.mkdir(parents=True, exist_ok=True)
     try:
         for step in args.steps.split(","):
-            command = [sys.executable, __file__, "--step", step, "--n", str(args.n),
-                       "--dim", str(args.dim), "--shard", str(args.shard),
-                       "--epochs", str(args.epochs), "--dir", str(args.dir)]  # fmt: skip
-            started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"step {step} failed:\n{done.stderr[-3000:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["process_seconds"] = round(time.perf_counter() - started, 1)
+            argv = ["--n", str(args.n), "--dim", str(args.dim), "--shard", str(args.shard),
+                    "--epochs", str(args.epochs), "--dir", str(args.dir)]  # fmt: skip
+            result = run_step(__file__, step, argv)
             result["peak_rss_vs_array"] = round(result["peak_rss_mb"] / array_mb, 3)
             results["steps"][step] = result
             print(f"{step}: {json.dumps(result)}", flush=True)

@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _fresh import child, machine, run_step
 
 N_CLASSES = 15
 DIM = 1280
@@ -58,14 +56,6 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         noise = rng.normal(0.0, 0.3, (len(y[rows]), DIM))
         X[rows] = np.maximum(latent @ projection, 0.0) + noise
     return X, y
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024)
-    return float("nan")
 
 
 def _map_quality(X, y, max_fit, seed=0) -> dict:
@@ -138,26 +128,17 @@ def main() -> None:
     parser.add_argument("--step", choices=tuple(STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        result = STEPS[args.step](args)
-        result["peak_rss_mb"] = peak_rss_mb()
-        print(json.dumps(result))
+        child(STEPS[args.step](args))
         return
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
+        "machine": machine(),
         "steps": {},
     }
     for step in args.steps.split(","):
-        command = [sys.executable, __file__, "--step", step, "--n", str(args.n),
-                   "--trust-n", str(args.trust_n), "--max-fit", str(args.max_fit),
-                   "--max-points", str(args.max_points)]  # fmt: skip
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"step {step} failed:\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        result["process_seconds"] = round(time.perf_counter() - started, 1)
+        argv = ["--n", str(args.n), "--trust-n", str(args.trust_n), "--max-fit",
+                str(args.max_fit), "--max-points", str(args.max_points)]  # fmt: skip
+        result = run_step(__file__, step, argv)
         results["steps"][step] = result
         print(f"{step}: {json.dumps(result)}", flush=True)
         if args.json:

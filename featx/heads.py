@@ -318,21 +318,14 @@ def fit_out_of_core(
     >>> fit.validation_accuracy > 0.9, fit.head.predict_proba(X[:2]).shape
     (True, (2, 3))
     """
-    from featx.outofcore import iter_chunks
+    from featx.outofcore import check_labelled, iter_chunks
 
     start = time.perf_counter()
     if normalize not in NORMALIZATIONS:
         raise ValueError(
             f"normalize={normalize!r} is not supported. Expected one of {NORMALIZATIONS}."
         )
-    if getattr(X, "ndim", None) != 2:
-        X = np.asarray(X)
-    y = np.asarray(y)
-    if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(
-            f"X must be (n_samples, n_features) with one label per row; got X of shape "
-            f"{X.shape} and {len(y)} labels."
-        )
+    X, y = check_labelled(X, y)
     known = np.unique(y) if classes is None else np.asarray(classes)
     unknown = np.setdiff1d(np.unique(y), known)
     if len(unknown):

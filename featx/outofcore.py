@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CHUNK_ROWS", "NpyRowWriter", "iter_chunks", "release"]
+__all__ = ["CHUNK_ROWS", "NpyRowWriter", "check_labelled", "iter_chunks", "release"]
 
 # Rows per chunk when reading: 8192 x 1280 float32 is 42 MB.
 CHUNK_ROWS = 8192
@@ -141,3 +141,16 @@ def release(X: Any) -> None:
     if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
         with contextlib.suppress(OSError, ValueError):  # closed, or a platform refusing it
             handle.madvise(mmap.MADV_DONTNEED)
+
+
+def check_labelled(X: Any, y: Any, *, name: str = "X") -> tuple[Any, np.ndarray]:
+    """``(X, y)`` with one label per row of a 2-D ``X``; a memory-mapped ``X`` is not copied."""
+    if getattr(X, "ndim", None) != 2:
+        X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(
+            f"{name} must be (n_samples, n_features) with one label per row; got X of shape "
+            f"{X.shape} and {len(y)} labels."
+        )
+    return X, y

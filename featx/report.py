@@ -553,14 +553,9 @@ def _precomputed(embeddings: Mapping[str, Any]) -> list[tuple[str, Embeddings, d
 
 
 def _as_embeddings(label: str, X: Any, y: Any) -> Embeddings:
-    if getattr(X, "ndim", None) != 2:
-        X = np.asarray(X)
-    y = np.asarray(y)
-    if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(
-            f"embeddings[{label!r}]: X must be (n, dim) with one label a row; got X of shape "
-            f"{X.shape} and {len(y)} labels."
-        )
+    from featx.outofcore import check_labelled
+
+    X, y = check_labelled(X, y, name=f"embeddings[{label!r}]'s X")
     values, codes = np.unique(y, return_inverse=True)
     return Embeddings(X=X, y=codes, classes=[str(v) for v in values], paths=None,
                       index=np.arange(len(y)), failed=[], fingerprint="", spec={})  # fmt: skip

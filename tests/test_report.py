@@ -308,5 +308,5 @@ def test_report_embeddings_errors(hostile_folder):
                cache_dir=None)  # fmt: skip
     with pytest.raises(ValueError, match=r"Expected an Embeddings .* or an \(X, y\) pair"):
         report(embeddings={"a": X}, out=None)
-    with pytest.raises(ValueError, match="one label a row"):
+    with pytest.raises(ValueError, match="one label per row"):
         report(embeddings={"a": (X, y[:5])}, out=None)
