@@ -113,21 +113,79 @@ def iter_chunks(
 
     ``rows`` (optional) selects and orders the rows to read, e.g. a shuffled permutation;
     each chunk's rows are read in increasing order (sequential reads on disk) and returned
-    in that order. After each chunk, a memory-mapped ``X`` releases its pages
-    (:func:`release`), so the process's resident memory stays near one chunk.
+    in that order. A ``np.memmap`` of a whole ``.npy`` file is read with ``os.preadv``
+    (one call per run of consecutive rows), not through its mapping: pages touched through
+    a mapping count as the process's memory, and the kernel maps up to 64 KB around every
+    page touched, so scattered rows would map far more than they hold. Other arrays are
+    indexed, and a memmap view releases its pages after each chunk (:func:`release`).
     """
     if int(chunk_rows) < 1:
         raise ValueError(f"chunk_rows={chunk_rows!r} must be a positive integer.")
+    chunk_rows = int(chunk_rows)
     n = len(X)
-    for start in range(0, n if rows is None else len(rows), int(chunk_rows)):
-        if rows is None:
-            index = np.arange(start, min(n, start + chunk_rows))
-            block = np.array(X[start : start + chunk_rows], dtype=np.float32)
-        else:
-            index = np.sort(rows[start : start + chunk_rows])
-            block = np.asarray(X[index], dtype=np.float32)
-        release(X)
-        yield index, block
+    total = n if rows is None else len(rows)
+    reader = _FileRows(X) if _is_whole_file(X) else None
+    try:
+        for start in range(0, total, chunk_rows):
+            if rows is None:
+                index = np.arange(start, min(n, start + chunk_rows))
+            else:
+                index = np.sort(np.asarray(rows[start : start + chunk_rows], dtype=np.int64))
+            if reader is not None:
+                block = reader.read(index)
+            elif rows is None:
+                block = np.array(X[start : start + chunk_rows], dtype=np.float32)
+            else:
+                block = np.asarray(X[index], dtype=np.float32)
+            release(X)
+            yield index, block
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _is_whole_file(X: Any) -> bool:
+    """A memmap over a whole C-ordered array of its file (not a view into one)."""
+    return (
+        isinstance(X, np.memmap)
+        and isinstance(X.base, mmap.mmap)
+        and X.ndim == 2
+        and X.flags.c_contiguous
+        and getattr(X, "filename", None) is not None
+    )
+
+
+class _FileRows:
+    """Rows of a memory-mapped array read with ``preadv`` from its file."""
+
+    def __init__(self, X: np.memmap) -> None:
+        self.dtype, self.width, self.offset = X.dtype, X.shape[1], int(X.offset)
+        self.row_bytes = X.shape[1] * X.dtype.itemsize
+        self.n = len(X)
+        self.fd = os.open(X.filename, os.O_RDONLY)
+
+    def read(self, index: np.ndarray) -> np.ndarray:
+        if len(index) and (index[0] < 0 or index[-1] >= self.n):
+            raise IndexError(f"Rows {index[0]}..{index[-1]} are outside the {self.n} rows.")
+        block = np.empty((len(index), self.width), dtype=self.dtype)
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        starts = np.concatenate([[0], breaks]).astype(np.int64)
+        ends = np.concatenate([breaks, [len(index)]]).astype(np.int64)
+        flat = memoryview(block).cast("B")
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+            if lo == hi:
+                continue
+            target = flat[lo * self.row_bytes : hi * self.row_bytes]
+            where = self.offset + int(index[lo]) * self.row_bytes
+            while len(target):
+                got = os.preadv(self.fd, [target], where)
+                if got == 0:
+                    raise EOFError(f"The file ends before row {index[lo]}.")
+                target, where = target[got:], where + got
+        return block.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def release(X: Any) -> None:

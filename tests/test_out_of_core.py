@@ -165,6 +165,20 @@ def test_row_writer_and_chunks(tmp_path):
         next(iter_chunks(X, 0))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunks_of_a_memmap_equal_its_rows_in_any_order(tmp_path, dtype):
+    data = np.random.default_rng(0).normal(size=(500, 6)).astype(dtype)
+    np.save(tmp_path / "X.npy", data)
+    X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    for source, expected in [(X, data), (X[100:], data[100:])]:  # a whole file, a view
+        order = np.random.default_rng(1).permutation(len(expected))
+        for rows, block in iter_chunks(source, 64, rows=order):
+            assert block.dtype == np.float32
+            np.testing.assert_array_equal(block, expected[rows].astype(np.float32))
+        blocks = [block for _, block in iter_chunks(source, 64)]
+        np.testing.assert_array_equal(np.concatenate(blocks), expected.astype(np.float32))
+
+
 # -- the partial_fit head -------------------------------------------------------------------
 
 
