@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -99,12 +100,17 @@ def step_report(args) -> dict:
                         max_points=args.max_points)  # fmt: skip
         seconds = time.perf_counter() - start
         size = out.stat().st_size
+        page = out.read_text(encoding="utf-8")
     metrics = result["panels"][0]["metrics"]
-    shown_classes = {row["class"] for row in result["panels"][0]["per_class"]}
+    # The label of every point drawn, from the page's data source.
+    drawn = json.loads(re.search(r'\["label",(\[[^\]]*\])\]', page).group(1))
     return {"n": args.n, "seconds": round(seconds, 1),
             "stages": {k: round(v, 1) for k, v in result["seconds"].items()},
             "n_shown": result["n_shown"], "html_mb": round(size / 1e6, 2),
-            "classes": len(result["classes"]), "every_class_listed": len(shown_classes),
+            "classes": len(result["classes"]), "classes_drawn": len(set(drawn)),
+            "smallest_class_drawn": min(drawn.count(c) for c in set(drawn)),
+            "classes_in_per_class_table": len(result["panels"][0]["per_class"]),
+            "showing_text": f"showing {result['n_shown']} of {args.n} points" in page,
             "knn_accuracy": metrics["knn_accuracy"], "n_knn": metrics["n_knn"],
             "trustworthiness": metrics["trustworthiness"]}  # fmt: skip
 
