@@ -310,3 +310,17 @@ def test_report_embeddings_errors(hostile_folder):
         report(embeddings={"a": X}, out=None)
     with pytest.raises(ValueError, match="one label per row"):
         report(embeddings={"a": (X, y[:5])}, out=None)
+
+
+def test_cli_report_max_points(hostile_folder, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    status = main([
+        "report", str(hostile_folder), "--backbones", "VGG16:weights=none", "--size", "32",
+        "--method", "pca", "--heads", "none", "--max-points", "6", "--cache-dir", "none",
+        "--out", str(out), "--json", "--quiet",
+    ])  # fmt: skip
+    assert status == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["n_points"], result["n_shown"]) == (24, 6)
+    assert "showing 6 of 24 points" in out.read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8").count("data:image/jpeg;base64,") == 6
