@@ -451,9 +451,13 @@ class Extractor:
         try:
             found = self.cache.read_into(self.fingerprint, ok_keys, X)
             failed_rows = self._fill_misses(images, ok, ok_keys, found, X, failed, on_error)
-        finally:
-            if folder is not None:
+        except BaseException:
+            if folder is not None:  # what was computed is in the cache; the file goes
                 X.close()
+                X.path.unlink(missing_ok=True)
+            raise
+        if folder is not None:
+            X.close()
         keep = np.asarray([r for r in range(len(ok)) if r not in failed_rows], dtype=np.int64)
         index = ok[keep]
         if folder is not None:

@@ -16,6 +16,7 @@ from featx import Embeddings, Extractor
 from featx.cache import EmbeddingCache
 from featx.cli import main
 from featx.heads import fit_out_of_core
+from featx.images import DecodeError
 from featx.outofcore import NpyRowWriter, iter_chunks
 
 
@@ -228,3 +229,13 @@ def test_fit_out_of_core_errors(tmp_path):
         fit_out_of_core(X, y, normalize="l1")
     with pytest.raises(ValueError, match="epochs=0"):
         fit_out_of_core(X, y, epochs=0)
+
+
+def test_extract_out_that_fails_leaves_the_folder_reusable(image_folder, tmp_path):
+    (image_folder / "dog" / "broken.jpg").write_bytes(b"not an image")
+    extractor = _extractor(CountingBackbone(), tmp_path / "c")
+    with pytest.raises(DecodeError, match=r"broken\.jpg"):
+        extractor.extract(image_folder, out=tmp_path / "emb")
+    assert list((tmp_path / "emb").iterdir()) == []
+    (image_folder / "dog" / "broken.jpg").unlink()
+    assert len(extractor.extract(image_folder, out=tmp_path / "emb")) == 12
