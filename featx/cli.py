@@ -66,7 +66,7 @@ def _cache_dir(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
-_HEADS = ("logreg", "svm", "linear-svm", "mlp")
+_HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
 
 
 def _param(value: str) -> tuple[str, Any]:

@@ -44,7 +44,7 @@ __all__ = [
     "make_head",
 ]
 
-HEADS = ("logreg", "svm", "linear-svm", "mlp")
+HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
 NORMALIZATIONS = (None, "l2")
 
 # The SVMs get probabilities from Platt scaling over 3 folds, as an ensemble: one SVM per
@@ -64,6 +64,7 @@ _GRIDS: dict[str, dict[str, list[Any]]] = {
     # C=0.1, 0.73 at C=1), and liblinear needs 10-100x longer at C >= 0.1.
     "linear-svm": {"clf__estimator__C": [0.0001, 0.001, 0.01, 0.1]},
     "mlp": {"clf__alpha": [1e-4, 1e-3, 1e-2]},
+    "sgd": {"clf__alpha": [1e-5, 1e-4, 1e-3]},
 }
 
 
@@ -87,6 +88,11 @@ def _classifier(kind: str) -> tuple[BaseEstimator, BaseEstimator]:
         # there are more images than dimensions.
         svc = LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0)
         return _calibrated(svc), svc
+    if kind == "sgd":
+        # Logistic regression by stochastic gradient descent: what fit_out_of_core trains a
+        # chunk at a time, here fitted in memory.
+        clf = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
+        return clf, clf
     clf = MLPClassifier(
         hidden_layer_sizes=(256,),
         alpha=1e-4,
@@ -113,13 +119,16 @@ def make_head(
 
     Parameters
     ----------
-    kind : {"logreg", "svm", "linear-svm", "mlp"}, default "logreg"
+    kind : {"logreg", "svm", "linear-svm", "mlp", "sgd"}, default "logreg"
         ``"logreg"``: ``LogisticRegression(C=1.0, max_iter=3000)``.
         ``"svm"``: ``SVC(kernel="rbf", C=1.0)``, calibrated (Platt scaling, an ensemble of
         3 cross-fitted SVMs).
         ``"linear-svm"``: ``LinearSVC(C=1.0)``, calibrated the same way.
         ``"mlp"``: ``MLPClassifier`` with one hidden layer of 256 units, early stopping on
         10% of the training data, at most 300 epochs.
+        ``"sgd"``: ``SGDClassifier(loss="log_loss", alpha=1e-4)``, logistic regression by
+        stochastic gradient descent; :func:`fit_out_of_core` trains the same head on data
+        larger than memory.
     normalize : {None, "l2"}, default None
         ``"l2"`` scales each embedding to unit length before standardising (cosine geometry).
     pca : int or float, optional
@@ -349,7 +358,8 @@ def fit_out_of_core(
     scaler = StandardScaler()
     for _, block in iter_chunks(X, chunk_rows, rows=train):
         scaler.partial_fit(prepared(block))
-    clf = SGDClassifier(loss="log_loss", alpha=alpha, random_state=seed)
+    clf, _ = _classifier("sgd")
+    clf.set_params(alpha=alpha, random_state=seed)
     steps: list[tuple[str, Any]] = [("l2", l2)] if l2 is not None else []
     head = Pipeline([*steps, ("scale", scaler), ("clf", clf)])
     history = []

@@ -6,6 +6,7 @@ benchmarks/out_of_core.py (a million 1280-d vectors), not by a timed test.
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -239,3 +240,17 @@ def test_extract_out_that_fails_leaves_the_folder_reusable(image_folder, tmp_pat
     assert list((tmp_path / "emb").iterdir()) == []
     (image_folder / "dog" / "broken.jpg").unlink()
     assert len(extractor.extract(image_folder, out=tmp_path / "emb")) == 12
+
+
+def test_cli_train_accepts_the_sgd_head(image_folder, tmp_path, capsys):
+    from featx.classifier import load_classifier
+    from featx.heads import HEADS
+
+    out = tmp_path / "m.featx"
+    argv = ["train", str(image_folder), "--out", str(out), "--head", "sgd", "--backbone",
+            "VGG16", "--weights", "none", "--size", "32", "--cache-dir", "none", "--quiet",
+            "--json"]  # fmt: skip
+    assert "sgd" in HEADS and main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["head"] == "sgd"
+    model = load_classifier(out)
+    assert type(model[-1][-1]).__name__ == "SGDClassifier"  # the head pipeline's classifier
