@@ -166,15 +166,31 @@ class EmbeddingCache:
 
     def get(self, fingerprint: str, keys: list[str], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """Look up ``keys``; return ``(found, vectors)`` with ``vectors[~found]`` left as zeros."""
-        found = np.zeros(len(keys), dtype=bool)
         vectors = np.zeros((len(keys), dim), dtype=np.float32)
+        return self.read_into(fingerprint, keys, vectors), vectors
+
+    def read_into(self, fingerprint: str, keys: list[str], out: Any) -> np.ndarray:
+        """Write the cached vector of ``keys[i]`` into ``out[i]``; return which were found.
+
+        ``out`` is anything of shape ``(len(keys), dim)`` that takes ``out[rows] = vectors``
+        with an integer array ``rows``: an array, or a :class:`~featx.outofcore.NpyRowWriter`
+        filling a file larger than memory. Rows of keys not found are left untouched.
+        Each shard file is read once, whatever the order of ``keys``, and memory holds one
+        shard at a time besides the key lookup tables (about 200 bytes a key).
+        """
+        dim = int(out.shape[1])
+        found = np.zeros(len(keys), dtype=bool)
         if not self.enabled or not keys:
-            return found, vectors
-        positions: dict[str, list[int]] = defaultdict(list)
+            return found
+        first: dict[str, int] = {}
+        repeats: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
-            positions[key].append(i)
-        by_shard: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        unique = list(positions)
+            if key in first:
+                repeats.setdefault(key, []).append(i)
+            else:
+                first[key] = i
+        by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        unique = list(first)
         conn = self._connect()
         for start in range(0, len(unique), _CHUNK):
             chunk = unique[start : start + _CHUNK]
@@ -184,16 +200,20 @@ class EmbeddingCache:
                 [fingerprint, *chunk],
             ).fetchall()
             for key, shard, row in rows:
-                by_shard[shard].append((row, key))
-        for shard, wanted in by_shard.items():
+                by_shard[shard].append((row, first[key]))
+                for i in repeats.get(key, ()):  # the same image given more than once
+                    by_shard[shard].append((row, i))
+        del unique
+        for shard in list(by_shard):
+            wanted = by_shard.pop(shard)
             data = self._read_shard(shard, dim)
             if data is None:
                 continue
-            for row, key in wanted:
-                where = positions[key]
-                vectors[where] = data[row]
-                found[where] = True
-        return found, vectors
+            source = np.fromiter((row for row, _ in wanted), np.int64, len(wanted))
+            target = np.fromiter((i for _, i in wanted), np.int64, len(wanted))
+            out[target] = data[source]
+            found[target] = True
+        return found
 
     def _read_shard(self, shard: str, dim: int) -> np.ndarray | None:
         conn = self._connect()

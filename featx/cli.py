@@ -66,7 +66,7 @@ def _cache_dir(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
-_HEADS = ("logreg", "svm", "linear-svm", "mlp")
+_HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
 
 
 def _param(value: str) -> tuple[str, Any]:
@@ -131,7 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
     _add_backbone_options(p, default_weights="imagenet")
-    p.add_argument("--out", default=None, help="also write the embeddings to FILE.npz")
+    p.add_argument("--out", default=None,
+                   help="also write the embeddings: FILE.npz (one file), or a FOLDER written "
+                        "row by row (memory-mappable X.npy + meta.npz; for sets larger than "
+                        "memory)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     p.add_argument(
         "--precision",
@@ -200,6 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN metrics")
     p.add_argument("--no-thumbnails", action="store_true", help="no image thumbnails on hover")
     p.add_argument("--title", default=None)
+    p.add_argument("--max-points", type=int, default=20_000,
+                   help="most points drawn per panel; above it a seeded sample keeping every "
+                        "class is drawn (metrics use every point; 0: draw all)")
     _add_backbone_options(p, default_weights="imagenet")
 
     p = sub.add_parser("tune", help="search size, views, pooling, augmentation and head")
@@ -275,10 +281,12 @@ def _extract(args: argparse.Namespace) -> Result:
         ray_cpus_per_actor=args.ray_cpus_per_actor,
         ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
+    to_npz = bool(args.out) and args.out.lower().endswith(".npz")
     embeddings = extractor.extract(
-        args.source, path_column=args.path_column, label_column=args.label_column
+        args.source, path_column=args.path_column, label_column=args.label_column,
+        out=None if to_npz else args.out,
     )
-    if args.out:
+    if to_npz:
         embeddings.save(args.out)
     summary = embeddings.summary()
     summary["out"] = args.out
@@ -381,7 +389,8 @@ def _report(args: argparse.Namespace) -> Result:
         args.source, backbones=entries, layers=layers, method=args.method, out=args.out,
         png=args.png, svg=args.svg, heads=heads,
         comparison=load_comparison(args.compare) if args.compare else None,
-        cv=args.cv, k=args.k, thumbnails=not args.no_thumbnails, title=args.title, **params,
+        cv=args.cv, k=args.k, thumbnails=not args.no_thumbnails, title=args.title,
+        max_points=args.max_points or None, **params,
     )
     lines = [f"{'panel':<40}{'k-NN':>7}{'k-NN 2-D':>10}{'silhouette':>12}{'trust':>8}"]
     for panel in result["panels"]:

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from featx.cache import CACHE_FORMAT, EmbeddingCache, default_cache_dir
 from featx.distributed import check_engine_options, compute_on_ray
 from featx.images import DECODER_VERSION, RESIZE_POLICIES, WHITE, DecodeError, array_to_rgb, decode
 from featx.images import to_rgb as _pil_to_rgb
+from featx.outofcore import NpyRowWriter, iter_chunks
 from featx.sources import ImageSet, resolve_source
 
 __all__ = ["Embeddings", "Extractor"]
@@ -111,9 +113,29 @@ class Embeddings:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write to a ``.npz`` file readable by :meth:`load` (and by plain ``np.load``)."""
+        """Write to ``path``: one ``.npz`` file, or a folder that can be memory-mapped.
+
+        A path ending in ``.npz`` gets one file (readable by plain ``np.load`` too). Any
+        other path is a folder holding ``X.npy`` (the vectors, readable with
+        ``np.load(..., mmap_mode="r")``) and ``meta.npz`` (everything else), what
+        :meth:`Extractor.extract` writes with ``out=``. Either is read by :meth:`load`.
+        """
+        path = Path(path)
+        arrays = self._meta_arrays()
+        if path.suffix.lower() == ".npz":
+            with open(path, "wb") as f:
+                np.savez(f, X=self.X, **arrays)
+            return
+        folder = _embeddings_folder(path)
+        tmp = folder / f".{EMBEDDINGS_X}.partial"
+        with NpyRowWriter(tmp, self.X.shape) as writer:
+            for rows, chunk in iter_chunks(self.X):
+                writer[rows] = chunk
+        os.replace(tmp, folder / EMBEDDINGS_X)
+        _write_meta(folder, arrays)
+
+    def _meta_arrays(self) -> dict[str, Any]:
         arrays: dict[str, Any] = {
-            "X": self.X,
             "index": self.index,
             "fingerprint": np.array(self.fingerprint),
             "spec": np.array(json.dumps(self.spec)),
@@ -125,15 +147,42 @@ class Embeddings:
             arrays["classes"] = np.array(self.classes)
         if self.paths is not None:
             arrays["paths"] = np.array(self.paths)
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        return arrays
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Embeddings:
-        """Read a file written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
+    def load(cls, path: str | os.PathLike, *, mmap_mode: str | None = None) -> Embeddings:
+        """Read what :meth:`save` (or ``extract(out=...)``) wrote.
+
+        Parameters
+        ----------
+        path : path
+            A ``.npz`` file or an embeddings folder.
+        mmap_mode : {None, "r", "r+", "c"}, default None
+            ``"r"`` maps ``X`` read-only from disk instead of loading it: rows are read
+            when used, so a set larger than memory can be passed to
+            :func:`featx.heads.fit_out_of_core` or read with
+            :func:`featx.outofcore.iter_chunks`. Works for folders and for ``.npz`` files
+            written by :meth:`save` (stored uncompressed).
+        """
+        path = Path(path)
+        if mmap_mode not in (None, "r", "r+", "c"):
+            raise ValueError(
+                f"mmap_mode={mmap_mode!r} is not supported. Expected None, 'r', 'r+' or 'c'."
+            )
+        if path.is_dir():
+            if not (path / EMBEDDINGS_X).exists() or not (path / EMBEDDINGS_META).exists():
+                raise FileNotFoundError(
+                    f"{str(path)!r} is not an embeddings folder: expected {EMBEDDINGS_X} and "
+                    f"{EMBEDDINGS_META} in it (written by Embeddings.save or extract(out=...))."
+                )
+            X = np.load(path / EMBEDDINGS_X, mmap_mode=mmap_mode, allow_pickle=False)
+            meta_path = path / EMBEDDINGS_META
+        else:
+            X = _npz_member(path, "X", mmap_mode)
+            meta_path = path
+        with np.load(meta_path, allow_pickle=False) as data:
             return cls(
-                X=data["X"],
+                X=X,
                 index=data["index"],
                 y=data.get("y"),
                 classes=data["classes"].tolist() if "classes" in data else None,
@@ -142,6 +191,92 @@ class Embeddings:
                 fingerprint=str(data["fingerprint"]),
                 spec=json.loads(str(data["spec"])),
             )
+
+
+EMBEDDINGS_X = "X.npy"
+EMBEDDINGS_META = "meta.npz"
+
+
+def _embeddings_folder(path: Path) -> Path:
+    """``path`` as a folder to write embeddings into: new, empty, or holding embeddings."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(
+            f"Cannot write embeddings to {str(path)!r}: it is a file. Pass a folder path "
+            "(memory-mappable X.npy + meta.npz), or a path ending in .npz for one file."
+        )
+    if path.is_dir() and any(path.iterdir()) and not (path / EMBEDDINGS_META).exists():
+        raise FileExistsError(
+            f"Cannot write embeddings to {str(path)!r}: the folder is not empty and holds no "
+            f"{EMBEDDINGS_META}. Pass a new or empty folder."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_meta(folder: Path, arrays: dict[str, Any]) -> None:
+    tmp = folder / f".{EMBEDDINGS_META}.partial"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, folder / EMBEDDINGS_META)
+
+
+def _out_folder(out: str | os.PathLike) -> Path:
+    path = Path(out)
+    if path.suffix.lower() == ".npz":
+        raise ValueError(
+            f"extract(out={str(out)!r}): an .npz archive cannot be written row by row. Pass a "
+            "folder path (it gets a memory-mappable X.npy and meta.npz), or call "
+            "extract() without out= and then .save() the result to the .npz."
+        )
+    return _embeddings_folder(path)
+
+
+def _finish_out(folder: Path, keep: np.ndarray) -> np.ndarray:
+    """Move the written vectors into place (without rows that failed); map them read-only."""
+    partial = folder / f".{EMBEDDINGS_X}.partial"
+    written = np.load(partial, mmap_mode="r")
+    if len(keep) < len(written):
+        compact = folder / f".{EMBEDDINGS_X}.compact"
+        with NpyRowWriter(compact, (len(keep), written.shape[1])) as writer:
+            for rows, chunk in iter_chunks(written, rows=keep):
+                writer[np.searchsorted(keep, rows)] = chunk
+        del written
+        os.replace(compact, partial)
+    else:
+        del written
+    os.replace(partial, folder / EMBEDDINGS_X)
+    return np.load(folder / EMBEDDINGS_X, mmap_mode="r")
+
+
+def _npz_member(path: Path, name: str, mmap_mode: str | None) -> np.ndarray:
+    """Array ``name`` of an ``.npz``; memory-mapped in place when asked (stored members only)."""
+    if mmap_mode is None:
+        with np.load(path, allow_pickle=False) as data:
+            return data[name]
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{name}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(
+                f"{str(path)!r} is compressed, so its {name} cannot be memory-mapped. Load it "
+                "with mmap_mode=None, or save it again with Embeddings.save (uncompressed)."
+            )
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the zip local file header: its name and extra field follow
+        f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+               + int.from_bytes(local[28:30], "little"))  # fmt: skip
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode=mmap_mode, offset=offset, shape=shape,
+                     order="F" if fortran else "C")  # fmt: skip
 
 
 class Extractor:
@@ -301,12 +436,23 @@ class Extractor:
         path_column: str = "path",
         label_column: str | None = None,
         on_error: str | None = None,
+        out: str | os.PathLike | None = None,
         engine: str | None = None,
         address: str | None = None,
     ) -> Embeddings:
         """Embed every image of ``source`` (see :mod:`featx.sources` for what is accepted).
 
-        ``engine`` and ``address``, when given, override the extractor's own for this call.
+        Parameters
+        ----------
+        out : path, optional
+            Write the embeddings to this folder (``X.npy`` and ``meta.npz``, see
+            :meth:`Embeddings.save`) as they are read from the cache and computed, and
+            return them with ``X`` memory-mapped read-only from it. The vectors are never
+            all in memory at once, so sets larger than memory can be extracted (1M x 1280
+            float32 is 5.1 GB). A path ending in ``.npz`` is refused: an archive cannot be
+            written row by row.
+        engine, address : str, optional
+            When given, override the extractor's own ``engine`` and ``address`` for this call.
 
         Raises
         ------
@@ -326,28 +472,37 @@ class Extractor:
         images = resolve_source(
             source, labels=labels, path_column=path_column, label_column=label_column
         )
+        folder = None if out is None else _out_folder(out)
         keys, failed = self._content_keys(images, on_error)
         ok = np.flatnonzero([k is not None for k in keys])
         dim = self.dim
-        found, X = self.cache.get(self.fingerprint, [keys[i] for i in ok], dim)
-        todo: dict[str, list[int]] = {}
-        for row in np.flatnonzero(~found):
-            todo.setdefault(keys[ok[row]], []).append(int(row))
-        failed_rows: set[int] = set()
-        if todo:
-            self.cache.register(self.fingerprint, dim, self.spec)
-            if engine == "ray":
-                failures = compute_on_ray(self, images, ok, todo, X, on_error, address)
-            else:
-                failures = self._compute(images, ok, todo, X, on_error)
-            for name, reason, rows in failures:
-                failed.append((name, reason))
-                failed_rows.update(rows)
+        ok_keys = [keys[i] for i in ok]
+        del keys
+        if folder is None:
+            X: Any = np.zeros((len(ok), dim), dtype=np.float32)
+        else:
+            X = NpyRowWriter(folder / f".{EMBEDDINGS_X}.partial", (len(ok), dim))
+        try:
+            found = self.cache.read_into(self.fingerprint, ok_keys, X)
+            failed_rows = self._fill_misses(
+                images, ok, ok_keys, found, X, failed, on_error, engine, address
+            )
+        except BaseException:
+            if folder is not None:  # what was computed is in the cache; the file goes
+                X.close()
+                X.path.unlink(missing_ok=True)
+            raise
+        if folder is not None:
+            X.close()
         keep = np.asarray([r for r in range(len(ok)) if r not in failed_rows], dtype=np.int64)
         index = ok[keep]
+        if folder is not None:
+            X = _finish_out(folder, keep)
+        elif len(keep) < len(ok):
+            X = X[keep]
         position = {name: i for i, name in enumerate(images.names)}
-        return Embeddings(
-            X=X[keep],
+        embeddings = Embeddings(
+            X=X,
             y=None if images.y is None else images.y[index],
             classes=images.classes,
             paths=[images.inputs[i] for i in index] if images.are_files else None,
@@ -359,6 +514,28 @@ class Extractor:
             cache_misses=len(ok) - int(found.sum()) - len(failed_rows),
             seconds=time.perf_counter() - start,
         )
+        if folder is not None:
+            _write_meta(folder, embeddings._meta_arrays())
+        return embeddings
+
+    def _fill_misses(
+        self, images, ok, ok_keys, found, X, failed, on_error, engine, address
+    ) -> set[int]:
+        """Compute the rows of ``X`` not ``found`` in the cache; return the rows that failed."""
+        todo: dict[str, list[int]] = {}
+        for row in np.flatnonzero(~found):
+            todo.setdefault(ok_keys[row], []).append(int(row))
+        failed_rows: set[int] = set()
+        if todo:
+            self.cache.register(self.fingerprint, self.dim, self.spec)
+            if engine == "ray":
+                failures = compute_on_ray(self, images, ok, todo, X, on_error, address)
+            else:
+                failures = self._compute(images, ok, todo, X, on_error)
+            for name, reason, rows in failures:
+                failed.append((name, reason))
+                failed_rows.update(rows)
+        return failed_rows
 
     # -- step 2: content keys -----------------------------------------------------------------
 

@@ -110,7 +110,7 @@ def write_figure(data: ReportData, path: str | os.PathLike, dpi: int = 150) -> P
         title="class (x = k-NN error)",
         title_fontsize=8,
     )
-    fig.suptitle(_text(f"{data.title} ({data.method.upper()}, {len(data.y)} images)"), fontsize=11)
+    fig.suptitle(_text(f"{data.title} ({data.method.upper()}, {_count(data)} images)"), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.6 * cols + 1.8), 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -121,3 +121,9 @@ def write_figure(data: ReportData, path: str | os.PathLike, dpi: int = 150) -> P
 def _text(value: str) -> str:
     """User text shown literally: '$' would otherwise start matplotlib's math mode."""
     return str(value).replace("$", r"\$")
+
+
+def _count(data: ReportData) -> str:
+    if len(data.y) == data.n_total:
+        return str(data.n_total)
+    return f"{len(data.y)} of {data.n_total}"

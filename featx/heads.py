@@ -21,20 +21,30 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-__all__ = ["HEADS", "NORMALIZATIONS", "default_grid", "make_head"]
+__all__ = [
+    "HEADS",
+    "NORMALIZATIONS",
+    "OutOfCoreFit",
+    "default_grid",
+    "fit_out_of_core",
+    "make_head",
+]
 
-HEADS = ("logreg", "svm", "linear-svm", "mlp")
+HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
 NORMALIZATIONS = (None, "l2")
 
 # The SVMs get probabilities from Platt scaling over 3 folds, as an ensemble: one SVM per
@@ -54,6 +64,7 @@ _GRIDS: dict[str, dict[str, list[Any]]] = {
     # C=0.1, 0.73 at C=1), and liblinear needs 10-100x longer at C >= 0.1.
     "linear-svm": {"clf__estimator__C": [0.0001, 0.001, 0.01, 0.1]},
     "mlp": {"clf__alpha": [1e-4, 1e-3, 1e-2]},
+    "sgd": {"clf__alpha": [1e-5, 1e-4, 1e-3]},
 }
 
 
@@ -77,6 +88,11 @@ def _classifier(kind: str) -> tuple[BaseEstimator, BaseEstimator]:
         # there are more images than dimensions.
         svc = LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0)
         return _calibrated(svc), svc
+    if kind == "sgd":
+        # Logistic regression by stochastic gradient descent: what fit_out_of_core trains a
+        # chunk at a time, here fitted in memory.
+        clf = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
+        return clf, clf
     clf = MLPClassifier(
         hidden_layer_sizes=(256,),
         alpha=1e-4,
@@ -103,13 +119,16 @@ def make_head(
 
     Parameters
     ----------
-    kind : {"logreg", "svm", "linear-svm", "mlp"}, default "logreg"
+    kind : {"logreg", "svm", "linear-svm", "mlp", "sgd"}, default "logreg"
         ``"logreg"``: ``LogisticRegression(C=1.0, max_iter=3000)``.
         ``"svm"``: ``SVC(kernel="rbf", C=1.0)``, calibrated (Platt scaling, an ensemble of
         3 cross-fitted SVMs).
         ``"linear-svm"``: ``LinearSVC(C=1.0)``, calibrated the same way.
         ``"mlp"``: ``MLPClassifier`` with one hidden layer of 256 units, early stopping on
         10% of the training data, at most 300 epochs.
+        ``"sgd"``: ``SGDClassifier(loss="log_loss", alpha=1e-4)``, logistic regression by
+        stochastic gradient descent; :func:`fit_out_of_core` trains the same head on data
+        larger than memory.
     normalize : {None, "l2"}, default None
         ``"l2"`` scales each embedding to unit length before standardising (cosine geometry).
     pca : int or float, optional
@@ -220,3 +239,169 @@ def _check_pca(pca: int | float) -> int | float:
             "Pass an int for a number of components."
         )
     return float(pca)
+
+
+@dataclass
+class OutOfCoreFit:
+    """What :func:`fit_out_of_core` returns.
+
+    Attributes
+    ----------
+    head : sklearn.pipeline.Pipeline
+        Fitted; steps ``"l2"`` (if normalising), ``"scale"`` and ``"clf"``
+        (``SGDClassifier(loss="log_loss")``), so it predicts (and ``predict_proba``) like
+        :func:`make_head`'s heads.
+    validation_accuracy : float or None
+        Accuracy on the held-out rows after the last epoch (None without validation).
+    history : list of dict
+        Per epoch: ``epoch``, ``validation_accuracy``, ``seconds``.
+    n_train, n_validation : int
+    seconds : float
+    """
+
+    head: Pipeline
+    validation_accuracy: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    n_train: int = 0
+    n_validation: int = 0
+    seconds: float = 0.0
+
+
+def fit_out_of_core(
+    X: Any,
+    y: Any,
+    *,
+    classes: Any = None,
+    normalize: str | None = None,
+    epochs: int = 5,
+    chunk_rows: int = 8192,
+    validation: float = 0.1,
+    alpha: float = 1e-4,
+    seed: int = 0,
+) -> OutOfCoreFit:
+    """Train a linear head on embeddings too large for memory, a chunk of rows at a time.
+
+    ``X`` is read only in chunks of ``chunk_rows`` rows (a ``np.memmap`` such as
+    ``Embeddings.load(path, mmap_mode="r").X`` or ``extract(..., out=...)``'s ``X``), so
+    memory holds a few chunks whatever the number of rows:
+
+    1. a seeded stratified ``validation`` fraction of the rows is held out;
+    2. one pass of ``StandardScaler.partial_fit`` over the training rows;
+    3. ``epochs`` passes of ``SGDClassifier(loss="log_loss").partial_fit``, each over the
+       training rows in a new seeded random order (so chunks mix classes even when the
+       rows are sorted by class, as folders are), reading each chunk's rows in file order;
+    4. the validation accuracy after every epoch is recorded.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, dim)
+        Embeddings; a memory-mapped array is never loaded whole.
+    y : array-like of shape (n,)
+        Labels (in memory: 8 bytes a row).
+    classes : array-like, optional
+        Every label there is (default: the distinct values of ``y``); ``y`` may not hold others.
+    normalize : {None, "l2"}, default None
+        Scale each embedding to unit length first (as :func:`make_head`).
+    epochs : int, default 5
+    chunk_rows : int, default 8192
+    validation : float, default 0.1
+        Fraction of rows held out to measure accuracy (0 for none).
+    alpha : float, default 1e-4
+        ``SGDClassifier``'s regularisation.
+    seed : int, default 0
+
+    Returns
+    -------
+    OutOfCoreFit
+        ``.head`` is the fitted pipeline; ``.validation_accuracy`` and ``.history`` say how
+        well it did.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.heads import fit_out_of_core
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 200)
+    >>> X = rng.normal(size=(600, 16)).astype(np.float32) + 3 * np.eye(16)[y]
+    >>> fit = fit_out_of_core(X, y, epochs=3, chunk_rows=100)
+    >>> fit.validation_accuracy > 0.9, fit.head.predict_proba(X[:2]).shape
+    (True, (2, 3))
+    """
+    from featx.outofcore import check_labelled, iter_chunks
+
+    start = time.perf_counter()
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalize={normalize!r} is not supported. Expected one of {NORMALIZATIONS}."
+        )
+    X, y = check_labelled(X, y)
+    known = np.unique(y) if classes is None else np.asarray(classes)
+    unknown = np.setdiff1d(np.unique(y), known)
+    if len(unknown):
+        raise ValueError(
+            f"y holds labels not in classes=: {unknown[:5].tolist()}. Expected only "
+            f"{known[:10].tolist()}; pass every label in classes=."
+        )
+    if len(known) < 2:
+        raise ValueError(f"A classifier needs at least 2 classes; got {known.tolist()}.")
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation={validation!r} must be a fraction in [0, 1).")
+    if int(epochs) < 1:
+        raise ValueError(f"epochs={epochs!r} must be at least 1.")
+    rng = np.random.default_rng(seed)
+    train, held_out = _holdout(y, validation, seed)
+    l2 = Normalizer(norm="l2") if normalize == "l2" else None
+
+    def prepared(block: np.ndarray) -> np.ndarray:
+        return block if l2 is None else l2.transform(block)
+
+    scaler = StandardScaler()
+    for _, block in iter_chunks(X, chunk_rows, rows=train):
+        scaler.partial_fit(prepared(block))
+    clf, _ = _classifier("sgd")
+    clf.set_params(alpha=alpha, random_state=seed)
+    steps: list[tuple[str, Any]] = [("l2", l2)] if l2 is not None else []
+    head = Pipeline([*steps, ("scale", scaler), ("clf", clf)])
+    history = []
+    for epoch in range(1, int(epochs) + 1):
+        mark = time.perf_counter()
+        order = rng.permutation(train)
+        for rows, block in iter_chunks(X, chunk_rows, rows=order):
+            clf.partial_fit(scaler.transform(prepared(block)), y[rows], classes=known)
+        accuracy = _accuracy(head, X, y, held_out, chunk_rows)
+        history.append({"epoch": epoch, "validation_accuracy": accuracy,
+                        "seconds": round(time.perf_counter() - mark, 3)})  # fmt: skip
+    return OutOfCoreFit(
+        head=head,
+        validation_accuracy=history[-1]["validation_accuracy"],
+        history=history,
+        n_train=len(train),
+        n_validation=len(held_out),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of row indices into (train, held out), each sorted."""
+    rows = np.arange(len(y))
+    if fraction == 0:
+        return rows, rows[:0]
+    rng = np.random.default_rng(seed)
+    held = [
+        members[rng.permutation(len(members))[: round(fraction * len(members))]]
+        for members in (np.flatnonzero(y == c) for c in np.unique(y))
+    ]
+    held_out = np.sort(np.concatenate(held))
+    return np.setdiff1d(rows, held_out), held_out
+
+
+def _accuracy(head: Pipeline, X: Any, y: np.ndarray, rows: np.ndarray, chunk_rows: int):
+    from featx.outofcore import iter_chunks
+
+    if len(rows) == 0:
+        return None
+    correct = sum(
+        int((head.predict(block) == y[index]).sum())
+        for index, block in iter_chunks(X, chunk_rows, rows=rows)
+    )
+    return round(correct / len(rows), 4)

@@ -194,11 +194,21 @@ def _header(data: ReportData) -> str:
     )
     return (
         f"<h1 style='font:600 20px sans-serif;margin:8px 0'>{esc(data.title)}</h1>"
-        f"<p style='font:13px sans-serif;margin:4px 0'>{len(data.y)} images, "
-        f"{len(data.classes)} classes; {esc(data.method.upper())} maps aligned onto the first "
-        "panel (Procrustes). Hover a point for its image; click or box-select to highlight "
-        "the same images in every panel; click a class in the legend to hide it. Triangles "
-        f"with a dark edge are misclassified by leave-one-out k-NN ({n_wrong}).</p>"
+        f"<p style='font:13px sans-serif;margin:4px 0'>{data.n_total} images, "
+        f"{len(data.classes)} classes;{_shown(data)} {esc(data.method.upper())} maps aligned "
+        "onto the first panel (Procrustes). Hover a point for its image; click or box-select "
+        "to highlight the same images in every panel; click a class in the legend to hide "
+        f"it. Triangles with a dark edge are misclassified by leave-one-out k-NN ({n_wrong}).</p>"
+    )
+
+
+def _shown(data: ReportData) -> str:
+    if len(data.y) == data.n_total:
+        return ""
+    return (
+        f" <b id='featx-shown'>showing {len(data.y)} of {data.n_total} points</b> (a seeded "
+        f"sample within max_points={data.max_points} that keeps every class; metrics use "
+        "every point);"
     )
 
 
@@ -232,8 +242,8 @@ def _tables(data: ReportData) -> str:
     n_sampled = data.panels[0].metrics.get("n_sampled")
     parts.append(
         f"</ul><p class='featx-help'>k = {data.panels[0].metrics.get('k')}; "
-        f"silhouettes, margins and trustworthiness use {n_sampled} of {len(data.y)} "
-        "points.</p>"
+        f"silhouettes, margins and trustworthiness use {n_sampled} of {data.n_total} "
+        f"points, k-NN accuracies {data.panels[0].metrics.get('n_knn', data.n_total)}.</p>"
     )
     parts.append(_per_class_table(data))
     parts.append(_comparison_table(data.comparison))

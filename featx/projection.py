@@ -26,6 +26,7 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import warnings
@@ -40,6 +41,7 @@ __all__ = ["METHODS", "Projector", "align", "enable_numba_cache", "project"]
 
 METHODS = ("umap", "pca", "tsne")
 MIN_SAMPLES = 4
+_TRANSFORM_CHUNK = 20_000  # rows placed per transform call under max_fit
 
 
 class Projector(TransformerMixin, BaseEstimator):
@@ -63,11 +65,19 @@ class Projector(TransformerMixin, BaseEstimator):
         t-SNE's perplexity (lowered for fewer samples).
     random_state : int, default 0
         Seed; the same seed and data give the same map.
+    max_fit : int, optional
+        Above this many samples, fit the map on a seeded sample of ``max_fit`` of them
+        (stratified by ``y`` if ``fit`` is given labels, every class kept) and place the
+        others with ``transform``, in chunks. The way to map hundreds of thousands of
+        points in bounded time and memory (UMAP and PCA; t-SNE cannot place new points).
+        ``benchmarks/umap_scale.py`` measures what it costs in trustworthiness.
 
     Attributes
     ----------
     embedding_ : ndarray of shape (n_samples, n_components)
         The coordinates of the fitted samples.
+    fit_rows_ : ndarray
+        Indices of the samples the map was fitted on (all of them without ``max_fit``).
     n_features_in_ : int
         Embedding dimension seen in ``fit``.
     """
@@ -82,6 +92,7 @@ class Projector(TransformerMixin, BaseEstimator):
         metric: str = "euclidean",
         perplexity: float = 30.0,
         random_state: int = 0,
+        max_fit: int | None = None,
     ) -> None:
         self.method = method
         self.n_components = n_components
@@ -91,6 +102,7 @@ class Projector(TransformerMixin, BaseEstimator):
         self.metric = metric
         self.perplexity = perplexity
         self.random_state = random_state
+        self.max_fit = max_fit
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -98,7 +110,11 @@ class Projector(TransformerMixin, BaseEstimator):
         return tags
 
     def fit(self, X: Any, y: Any = None) -> Projector:
-        """Learn the map of ``X`` (n_samples, n_features); ``y`` is ignored."""
+        """Learn the map of ``X`` (n_samples, n_features).
+
+        ``y`` is used only to stratify the ``max_fit`` sample, so every class is on the
+        fitted map; without it the sample is uniform.
+        """
         if self.method not in METHODS:
             raise ValueError(
                 f"Unknown projection method {self.method!r}. Expected one of: {', '.join(METHODS)}."
@@ -109,17 +125,55 @@ class Projector(TransformerMixin, BaseEstimator):
                 f"A projection needs at least {MIN_SAMPLES} samples; got n_samples={len(X)}. "
                 "Pass more images."
             )
-        self.scaler_ = StandardScaler().fit(X) if self.standardize else None
-        Z = self._scale(X)
-        self.model_ = self._make_model(len(X))
+        self.fit_rows_ = self._fit_rows(len(X), y)
+        self.scaler_ = StandardScaler().fit(X[self.fit_rows_]) if self.standardize else None
+        self.model_ = self._make_model(len(self.fit_rows_))
+        coords = self._fit_model(self._scale(X[self.fit_rows_]))
+        if len(self.fit_rows_) == len(X):
+            self.embedding_ = coords
+            return self
+        self.embedding_ = np.empty((len(X), coords.shape[1]), dtype=np.float32)
+        self.embedding_[self.fit_rows_] = coords
+        rest = np.setdiff1d(np.arange(len(X)), self.fit_rows_)
+        for start in range(0, len(rest), _TRANSFORM_CHUNK):
+            rows = rest[start : start + _TRANSFORM_CHUNK]
+            self.embedding_[rows] = self._transform(X[rows])
+        return self
+
+    def _fit_rows(self, n: int, y: Any) -> np.ndarray:
+        if self.max_fit is None or n <= self.max_fit:
+            return np.arange(n)
+        if (
+            isinstance(self.max_fit, bool)
+            or not isinstance(self.max_fit, numbers.Integral)
+            or (self.max_fit < MIN_SAMPLES)
+        ):
+            raise ValueError(
+                f"max_fit={self.max_fit!r} must be None or an integer >= {MIN_SAMPLES}."
+            )
+        if self.method == "tsne":
+            raise ValueError(
+                f"max_fit={self.max_fit} needs a method that places new points on a fitted "
+                f"map, and t-SNE cannot ({n} samples given). Use method='umap' or 'pca', or "
+                "max_fit=None to fit t-SNE on every point."
+            )
+        if y is None:
+            rng = np.random.default_rng(self.random_state)
+            return np.sort(rng.choice(n, int(self.max_fit), replace=False))
+        from featx.separation import stratified_sample
+
+        y = np.asarray(y)
+        if len(y) != n:
+            raise ValueError(f"y has {len(y)} labels for {n} samples; pass one label a sample.")
+        return stratified_sample(y, int(self.max_fit), seed=self.random_state)
+
+    def _fit_model(self, Z: np.ndarray) -> np.ndarray:
         if self.method == "umap":
             with warnings.catch_warnings():
                 # "n_jobs value 1 overridden to 1 by setting random_state": the seed we asked for.
                 warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random")
-                self.embedding_ = np.asarray(self.model_.fit_transform(Z), dtype=np.float32)
-        else:
-            self.embedding_ = np.asarray(self.model_.fit_transform(Z), dtype=np.float32)
-        return self
+                return np.asarray(self.model_.fit_transform(Z), dtype=np.float32)
+        return np.asarray(self.model_.fit_transform(Z), dtype=np.float32)
 
     def transform(self, X: Any) -> np.ndarray:
         """Place new embeddings on the fitted map (UMAP and PCA)."""
@@ -130,7 +184,12 @@ class Projector(TransformerMixin, BaseEstimator):
                 'method="umap" or method="pca", which can.'
             )
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return np.asarray(self.model_.transform(self._scale(X)), dtype=np.float32)
+        return self._transform(X)
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random")
+            return np.asarray(self.model_.transform(self._scale(X)), dtype=np.float32)
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
         """Fit and return the fitted coordinates (``embedding_``)."""
@@ -174,6 +233,7 @@ def project(
     *,
     n_components: int = 2,
     seed: int = 0,
+    y: Any = None,
     **params: Any,
 ) -> Projector:
     """Fit a :class:`Projector` on embeddings and return it (coordinates in ``embedding_``).
@@ -188,7 +248,9 @@ def project(
         ``random_state`` of the method.
     **params
         Other :class:`Projector` parameters (``n_neighbors``, ``min_dist``, ``metric``,
-        ``perplexity``, ``standardize``).
+        ``perplexity``, ``standardize``, ``max_fit``).
+    y : array-like, optional
+        Labels, to stratify the ``max_fit`` sample (default: ``embeddings.y`` if any).
 
     Returns
     -------
@@ -196,7 +258,8 @@ def project(
         Fitted; ``.embedding_`` holds the map, ``.transform`` places new points.
     """
     X = getattr(embeddings, "X", embeddings)
-    return Projector(method, n_components=n_components, random_state=seed, **params).fit(X)
+    y = getattr(embeddings, "y", None) if y is None else y
+    return Projector(method, n_components=n_components, random_state=seed, **params).fit(X, y)
 
 
 def align(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:

@@ -46,11 +46,17 @@ from featx.backbones import Backbone
 from featx.cache import EmbeddingCache, default_cache_dir
 from featx.extract import Embeddings, Extractor
 from featx.images import DecodeError, array_to_rgb, decode
-from featx.sources import ImageSet, resolve_source
+from featx.sources import resolve_source
 
 __all__ = ["Panel", "ReportData", "load_comparison", "parse_backbone_spec", "report"]
 
 THUMBNAIL_SIZE = 64
+# Points drawn per page: above this, a seeded sample keeping every class is shown (metrics
+# still use every point; see featx.separation). 20,000 points keep the page near 10 MB.
+MAX_POINTS = 20_000
+# Above this many points, maps are fitted on a stratified sample of this size and the other
+# points placed with transform (Projector's max_fit): benchmarks/umap_scale.py.
+MAX_FIT = 50_000
 # Keys of the CLI's per-backbone syntax NAME[:key=value]...; see parse_backbone_spec.
 SPEC_KEYS = ("weights", "size", "layer", "pooling", "label", "seed")
 
@@ -78,11 +84,18 @@ class ReportData:
     panels: list[Panel]
     method: str
     comparison: Any = None  # a featx.compare table (pandas.DataFrame), or None
+    n_points: int | None = None  # images in the report; more than len(y) when downsampled
+    max_points: int | None = None  # the display budget that chose the rows shown
+
+    @property
+    def n_total(self) -> int:
+        return len(self.y) if self.n_points is None else self.n_points
 
 
 def report(
-    source: Any,
+    source: Any = None,
     *,
+    embeddings: Mapping[str, Any] | None = None,
     labels: Sequence[Any] | None = None,
     backbones: Sequence[str | Mapping[str, Any] | Backbone] = ("MobileNetV2",),
     layers: Sequence[str | None] | None = None,
@@ -104,6 +117,8 @@ def report(
     batch_size: int = 32,
     seed: int = 0,
     verbose: bool = False,
+    max_points: int | None = MAX_POINTS,
+    max_fit: int | None = MAX_FIT,
 ) -> dict[str, Any]:
     """Compare how backbones (or layers) separate classes; write HTML and a figure.
 
@@ -114,6 +129,12 @@ def report(
         ``validation/`` and ``test/`` (all splits are shown together), a DataFrame
         with ``path`` and ``label`` columns, or any source :meth:`~featx.Extractor.extract`
         takes together with ``labels``.
+    embeddings : mapping of panel label to Embeddings or (X, y), optional
+        Instead of ``source``: embeddings already computed, one panel each (e.g.
+        ``{"MobileNetV2": Embeddings.load("emb", mmap_mode="r")}``). Every panel must
+        describe the same images with the same labels. Thumbnails come from
+        ``Embeddings.paths`` where those files exist; ``heads`` are not run (there are no
+        images to cross-validate a backbone on): pass ``comparison=`` to show a table.
     labels : sequence, optional
         One label per image, for sources that carry none (arrays, lists of paths).
     backbones : sequence, default ("MobileNetV2",)
@@ -143,11 +164,21 @@ def report(
     title : str, optional
     cache_dir : path, "auto" or None
         Embeddings and maps are cached here.
+    max_points : int or None, default 20000
+        Most points drawn per panel. Above it, the page shows a seeded sample in which
+        every class keeps at least ``min(its size, 50)`` points, and says so; metrics
+        still use every point (k-NN ones a 20,000-point sample, see
+        :func:`featx.separation.separation_metrics`). ``None`` draws every point.
+    max_fit : int or None, default 50000
+        Above this many points, each map is fitted on a stratified sample of this size
+        and the other points placed on it (:class:`~featx.projection.Projector`'s
+        ``max_fit``). ``None`` fits every point.
 
     Returns
     -------
     dict
-        JSON-ready: ``out``, ``png``, ``svg``, ``n_points``, ``classes``, ``panels`` (label,
+        JSON-ready: ``out``, ``png``, ``svg``, ``n_points``, ``n_shown`` (points drawn),
+        ``classes``, ``panels`` (label,
         metrics, per-class separation, dim, cost), ``comparison`` (rows) and ``seconds``.
     """
     from featx.evaluate import _entries, _split_layout, compare
@@ -159,64 +190,86 @@ def report(
         raise ValueError(
             f"method={method!r} is not supported. Expected one of: {', '.join(METHODS)}."
         )
-    entries, _ = _entries(
-        backbones, weights=weights, input_size=input_size, pooling=pooling, resize=resize,
-        batch_size=batch_size, seed=seed,
-    )  # fmt: skip
-    if layers:
-        first = entries[0]
-        entries = [
-            type(first)(
-                f"{first.label} / {layer or 'last block'}", {**first.params, "layer": layer}
-            )
-            for layer in layers
-        ]
-    splits = _split_layout(source)  # a dataset root: every split on the maps
-    images = resolve_source(_labelled_source(splits) if splits else source, labels=labels)
-    if images.y is None:
+    if (source is None) == (embeddings is None):
         raise ValueError(
-            "A report needs labelled images: a class-per-folder directory, a dataset root "
-            "with train/ and test/, a DataFrame with a label column, or labels=."
+            "report() needs exactly one of source= (labelled images) and embeddings= "
+            "(precomputed embeddings); got " + ("neither." if source is None else "both.")
         )
     timings: dict[str, float] = {}
-
-    embedded: list[tuple[Any, Embeddings, dict[str, Any]]] = []
-    for entry in entries:
-        extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
-        emb = extractor.extract(images)
-        embedded.append((entry, emb, _details(emb, extractor)))
-        del extractor  # one network in memory at a time
+    if embeddings is not None:
+        embedded = _precomputed(embeddings)
+        images, splits, entries = None, None, []
+    else:
+        entries, _ = _entries(
+            backbones, weights=weights, input_size=input_size, pooling=pooling, resize=resize,
+            batch_size=batch_size, seed=seed,
+        )  # fmt: skip
+        if layers:
+            first = entries[0]
+            entries = [
+                type(first)(
+                    f"{first.label} / {layer or 'last block'}", {**first.params, "layer": layer}
+                )
+                for layer in layers
+            ]
+        splits = _split_layout(source)  # a dataset root: every split on the maps
+        images = resolve_source(_labelled_source(splits) if splits else source, labels=labels)
+        if images.y is None:
+            raise ValueError(
+                "A report needs labelled images: a class-per-folder directory, a dataset root "
+                "with train/ and test/, a DataFrame with a label column, or labels=."
+            )
+        embedded = []
+        for entry in entries:
+            extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
+            emb = extractor.extract(images)
+            embedded.append((entry.label, emb, _details(emb, extractor)))
+            del extractor  # one network in memory at a time
     cache = EmbeddingCache(default_cache_dir() if cache_dir == "auto" else cache_dir)
     timings["extract"] = time.perf_counter() - start
 
     common = _common_rows([emb for _, emb, _ in embedded])
     first_emb = embedded[0][1]
     rows = np.searchsorted(first_emb.index, common)
-    y = first_emb.y[rows]
+    y = np.asarray(first_emb.y[rows])
+    for label, emb, _ in embedded[1:]:
+        if not np.array_equal(emb.y[np.searchsorted(emb.index, common)], y):
+            raise ValueError(
+                f"Panel {label!r} labels its images differently from {embedded[0][0]!r}; "
+                "every panel must describe the same images with the same labels."
+            )
     classes = list(first_emb.classes)
-    names = [first_emb.paths[i] for i in rows] if first_emb.paths else [f"#{i}" for i in common]
+    paths = first_emb.paths
 
     mark = time.perf_counter()
     maps = []
     for _, emb, _ in embedded:
         X = emb.X[np.searchsorted(emb.index, common)]
-        maps.append(_cached_map(X, method, seed, cache))
+        maps.append(_cached_map(X, y, method, seed, cache, max_fit))
     aligned = [_align_all(maps[0], m) for m in maps]
     timings["project"] = time.perf_counter() - mark
 
-    from featx.separation import separation_metrics
+    from featx.separation import separation_metrics, stratified_sample
 
     mark = time.perf_counter()
     panels = []
-    for (entry, emb, details), coords in zip(embedded, aligned, strict=True):
+    for (label, emb, details), coords in zip(embedded, aligned, strict=True):
         X = emb.X[np.searchsorted(emb.index, common)]
         metrics = separation_metrics(X, coords, y, classes, k=k, seed=seed)
         predicted = metrics.pop("predicted")
-        panels.append(Panel(entry.label, coords, metrics, predicted, details))
+        panels.append(Panel(label, coords, metrics, predicted, details))
     timings["metrics"] = time.perf_counter() - mark
 
+    # The rows drawn: all, or a sample (every class kept) of those k-NN predicted.
+    shown = np.arange(len(common))
+    if max_points is not None and len(common) > max_points:
+        labelled = np.flatnonzero(panels[0].predicted >= 0)
+        shown = labelled[stratified_sample(y[labelled], int(max_points), seed=seed)]
+        for panel in panels:
+            panel.coords, panel.predicted = panel.coords[shown], panel.predicted[shown]
+
     mark = time.perf_counter()
-    if comparison is None and heads:
+    if comparison is None and heads and images is not None:
         comparison = compare(
             source if splits else images,  # a dataset root keeps its own train/test protocol
             backbones=[{**e.params, "label": e.label} for e in entries],
@@ -230,16 +283,21 @@ def report(
     timings["compare"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    thumbs = _thumbnails(images, common) if thumbnails else [""] * len(common)
+    if images is not None:
+        items = [images.inputs[int(common[i])] for i in shown]
+    else:
+        items = [paths[rows[i]] if paths else None for i in shown]
     data = ReportData(
-        title=title or f"featx: {_source_name(source)}",
+        title=title or f"featx: {_source_name(source if source is not None else embeddings)}",
         classes=classes,
-        y=y,
-        names=names,
-        thumbnails=thumbs,
+        y=y[shown],
+        names=[paths[rows[i]] for i in shown] if paths else [f"#{common[i]}" for i in shown],
+        thumbnails=_thumbnails(items) if thumbnails else [""] * len(shown),
         panels=panels,
         method=method,
         comparison=comparison,
+        n_points=len(common),
+        max_points=max_points,
     )
     if out is not None:
         from featx.html_report import write_html
@@ -267,7 +325,8 @@ def _summary(data: ReportData, **extra: Any) -> dict[str, Any]:
     return _jsonable(
         {
             "title": data.title,
-            "n_points": len(data.y),
+            "n_points": data.n_total,
+            "n_shown": len(data.y),
             "classes": data.classes,
             "method": data.method,
             "panels": [
@@ -377,23 +436,33 @@ def _common_rows(embeddings: list[Embeddings]) -> np.ndarray:
     return np.asarray(common)
 
 
-def _cached_map(X: np.ndarray, method: str, seed: int, cache: EmbeddingCache) -> np.ndarray:
+def _cached_map(
+    X: np.ndarray, y: np.ndarray, method: str, seed: int, cache: EmbeddingCache,
+    max_fit: int | None,
+) -> np.ndarray:  # fmt: skip
     """The 2-D map of X, memoised on disk beside the embeddings (joblib.Memory)."""
-
+    if max_fit is not None and len(X) <= max_fit:
+        max_fit = None  # the same map, and the same memo entry, as without a budget
     if cache.location is None:
-        return _fit_map(X, method, seed, "")
+        return _fit_map(X, y, method, seed, "", max_fit)
     import joblib
 
     memory = joblib.Memory(cache.location / "projections", verbose=0)
-    return memory.cache(_fit_map)(X, method, seed, _method_version(method))
+    return memory.cache(_fit_map)(X, y, method, seed, _method_version(method), max_fit)
 
 
-def _fit_map(X: np.ndarray, method: str, seed: int, version: str) -> np.ndarray:
+def _fit_map(
+    X: np.ndarray, y: np.ndarray, method: str, seed: int, version: str, max_fit: int | None
+) -> np.ndarray:
     """The map of the cosine geometry the metrics use: unit-length rows, not standardised."""
     from featx.projection import project
     from featx.separation import embedding_space
 
-    return project(embedding_space(X, "cosine"), method, seed=seed, standardize=False).embedding_
+    if method == "tsne":
+        max_fit = None  # t-SNE cannot place points on a fitted map: it maps every point
+    return project(
+        embedding_space(X, "cosine"), method, seed=seed, y=y, standardize=False, max_fit=max_fit
+    ).embedding_
 
 
 def _method_version(method: str) -> str:
@@ -426,15 +495,20 @@ def _details(emb: Embeddings, extractor: Extractor) -> dict[str, Any]:
     }
 
 
-def _thumbnails(images: ImageSet, rows: np.ndarray) -> list[str]:
-    """A small JPEG of each image, as a data: URI (empty where it cannot be read)."""
+def _thumbnails(items: Sequence[Any]) -> list[str]:
+    """A small JPEG of each image (a path, pixels or PIL image), as a data: URI.
+
+    Empty where there is no image (``None``) or it cannot be read.
+    """
     from PIL import Image
 
     size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
     out = []
-    for i in rows:
-        item = images.inputs[int(i)]
+    for item in items:
         try:
+            if item is None:
+                out.append("")
+                continue
             if isinstance(item, str):
                 with open(item, "rb") as f:
                     pixels = decode(f.read(), size, resize="center_crop")
@@ -451,8 +525,46 @@ def _thumbnails(images: ImageSet, rows: np.ndarray) -> list[str]:
     return out
 
 
+def _precomputed(embeddings: Mapping[str, Any]) -> list[tuple[str, Embeddings, dict]]:
+    """``report(embeddings=...)``'s panels as (label, Embeddings, details)."""
+    if not isinstance(embeddings, Mapping) or not embeddings:
+        raise ValueError(
+            "embeddings= must be a non-empty mapping of panel label to Embeddings or (X, y), "
+            f"e.g. {{'MobileNetV2': emb}}; got {type(embeddings).__name__}."
+        )
+    panels = []
+    for label, value in embeddings.items():
+        if isinstance(value, Embeddings):
+            emb = value
+        elif isinstance(value, tuple) and len(value) == 2:
+            emb = _as_embeddings(label, *value)
+        else:
+            raise ValueError(
+                f"embeddings[{label!r}] is a {type(value).__name__}. Expected an Embeddings "
+                "(from Extractor.extract or Embeddings.load) or an (X, y) pair."
+            )
+        if emb.y is None or emb.classes is None:
+            raise ValueError(
+                f"embeddings[{label!r}] has no labels; a report needs them. Pass (X, y)."
+            )
+        details = {"dim": emb.dim, "n": len(emb), "fingerprint": emb.fingerprint or None}
+        panels.append((str(label), emb, details))
+    return panels
+
+
+def _as_embeddings(label: str, X: Any, y: Any) -> Embeddings:
+    from featx.outofcore import check_labelled
+
+    X, y = check_labelled(X, y, name=f"embeddings[{label!r}]'s X")
+    values, codes = np.unique(y, return_inverse=True)
+    return Embeddings(X=X, y=codes, classes=[str(v) for v in values], paths=None,
+                      index=np.arange(len(y)), failed=[], fingerprint="", spec={})  # fmt: skip
+
+
 def _source_name(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return path.resolve().name or str(path)
+    if isinstance(source, Mapping):
+        return ", ".join(map(str, source))
     return type(source).__name__

@@ -48,6 +48,7 @@ __all__ = [
     "knn_predict",
     "separation_metrics",
     "silhouette",
+    "stratified_sample",
 ]
 
 METRIC_HELP = {
@@ -68,6 +69,10 @@ METRIC_HELP = {
 
 DEFAULT_K = 5
 MAX_SAMPLES = 5000
+# Exact k-NN in 1280-d costs n^2 distances: 20,000 points take about 10 s, 200,000 would
+# take about 1,000 s on these 2-core machines; above this, the k-NN metrics use a sample.
+MAX_KNN = 20_000
+MIN_PER_CLASS = 50
 
 
 def knn_predict(X: Any, y: Any, k: int = DEFAULT_K) -> np.ndarray:
@@ -197,6 +202,7 @@ def separation_metrics(
     geometry: str = "cosine",
     k: int = DEFAULT_K,
     max_samples: int = MAX_SAMPLES,
+    max_knn: int = MAX_KNN,
     seed: int = 0,
 ) -> dict[str, Any]:
     """All separation metrics of one representation and its 2-D map.
@@ -217,6 +223,11 @@ def separation_metrics(
     max_samples : int, default 5000
         Silhouettes, per-class margins and trustworthiness cost O(n^2): above this many
         points they use a seeded, stratified sample of this size.
+    max_knn : int, default 20000
+        Above this many points, both k-NN accuracies are leave-one-out within a seeded
+        sample of this size that keeps every class (:func:`stratified_sample`); a sparser
+        sample has farther neighbours, so the accuracy may read a little lower than over
+        all points. ``predicted`` is then -1 outside the sample.
     seed : int, default 0
 
     Returns
@@ -224,7 +235,8 @@ def separation_metrics(
     dict
         ``knn_accuracy``, ``knn_accuracy_2d``, ``silhouette``, ``silhouette_2d``,
         ``trustworthiness``, ``per_class`` (list of dicts), ``predicted`` (the leave-one-out
-        k-NN label of every point, full space), ``k``, ``n``, ``n_sampled``.
+        k-NN label of every point, full space), ``k``, ``n``, ``n_sampled``, ``n_knn``
+        (points the k-NN metrics used).
     """
     from sklearn.manifold import trustworthiness
 
@@ -236,13 +248,17 @@ def separation_metrics(
             f"X, coords and y must describe the same points: got {len(X)}, {len(coords)} "
             f"and {len(y)} rows."
         )
-    predicted = knn_predict(X, y, k)
+    knn_rows = np.arange(len(y)) if len(y) <= max_knn else stratified_sample(y, max_knn, seed)
+    predicted = np.full(len(y), -1, dtype=np.int64 if y.dtype.kind in "iu" else y.dtype)
+    predicted[knn_rows] = knn_predict(X[knn_rows], y[knn_rows], k)
+    if len(knn_rows) == len(y):
+        predicted = predicted.astype(y.dtype)
     sample = _stratified_sample(y, max_samples, seed)
     Xs, Cs, ys = X[sample], coords[sample], y[sample]
     several = len(np.unique(ys)) > 1
     return {
-        "knn_accuracy": round(float(np.mean(predicted == y)), 4),
-        "knn_accuracy_2d": round(knn_accuracy(coords, y, k), 4),
+        "knn_accuracy": round(float(np.mean(predicted[knn_rows] == y[knn_rows])), 4),
+        "knn_accuracy_2d": round(knn_accuracy(coords[knn_rows], y[knn_rows], k), 4),
         "silhouette": round(silhouette(Xs, ys), 4) if several else None,
         "silhouette_2d": round(silhouette(Cs, ys), 4) if several else None,
         "trustworthiness": round(
@@ -253,14 +269,55 @@ def separation_metrics(
         "k": k,
         "n": len(X),
         "n_sampled": len(sample),
+        "n_knn": len(knn_rows),
     }
 
 
 def _stratified_sample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Row indices: all rows, or a seeded sample of ``size`` keeping class proportions."""
-    if len(y) <= size:
-        return np.arange(len(y))
-    from sklearn.model_selection import train_test_split
+    """Row indices: all rows, or a seeded sample of ``size`` that keeps every class (so the
+    per-class table lists a class of 3 among 200,000 too)."""
+    return stratified_sample(y, size, seed)
 
-    keep, _ = train_test_split(np.arange(len(y)), train_size=size, stratify=y, random_state=seed)
-    return np.sort(keep)
+
+def stratified_sample(
+    y: Any, size: int, seed: int = 0, *, min_per_class: int = MIN_PER_CLASS
+) -> np.ndarray:
+    """Sorted row indices of a seeded sample of ``size`` rows that keeps every class.
+
+    Each class keeps ``min(its count, min_per_class)`` rows (so a class of 3 among 100,000
+    stays visible), and the rest of the budget is shared in proportion to what each class
+    has left. All rows when ``len(y) <= size``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0] * 1000 + [1] * 3)
+    >>> rows = stratified_sample(y, 100, seed=0)
+    >>> len(rows), int((y[rows] == 1).sum())
+    (100, 3)
+    """
+    y = np.asarray(y)
+    n = len(y)
+    if n <= size:
+        return np.arange(n)
+    values, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if size < len(values):
+        raise ValueError(
+            f"A sample of {size} rows cannot keep all {len(values)} classes. Pass a budget "
+            f"of at least {len(values)} rows."
+        )
+    floor = np.minimum(counts, max(1, min(min_per_class, size // len(values))))
+    spare = counts - floor
+    share = (size - floor.sum()) * spare / max(spare.sum(), 1)
+    extra = np.floor(share).astype(np.int64)
+    short = size - floor.sum() - extra.sum()  # largest remainders get one more row
+    extra[np.argsort(-(share - extra), kind="stable")[:short]] += 1
+    take = np.minimum(floor + extra, counts)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    picked = [
+        order[start + rng.choice(count, want, replace=False)]
+        for start, count, want in zip(starts, counts, take, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))

@@ -122,3 +122,39 @@ def test_numba_disk_cache_is_switched_on_for_umap(tmp_path, monkeypatch, setting
     else:
         assert int(count) == 0
         assert cache_kind == "NullCache"
+
+
+def test_max_fit_fits_a_stratified_sample_and_places_the_rest(blobs):
+    from sklearn.decomposition import PCA
+
+    X, y = blobs
+    projector = Projector("pca", max_fit=30, standardize=False).fit(X, y)
+    assert projector.embedding_.shape == (120, 2)
+    assert len(projector.fit_rows_) == 30
+    assert sorted(np.unique(y[projector.fit_rows_])) == [0, 1, 2]  # every class on the map
+    # The fitted rows' map is a fit on those rows alone; the others are transformed onto it.
+    reference = PCA(n_components=2, random_state=0).fit(X[projector.fit_rows_])
+    np.testing.assert_allclose(projector.embedding_, reference.transform(X), rtol=1e-4, atol=1e-4)
+    again = Projector("pca", max_fit=30, standardize=False).fit(X, y)
+    np.testing.assert_array_equal(again.fit_rows_, projector.fit_rows_)  # seeded
+
+
+def test_max_fit_umap_maps_every_point(blobs):
+    X, y = blobs
+    coords = project(X, "umap", seed=0, y=y, max_fit=60).embedding_
+    assert coords.shape == (120, 2) and np.isfinite(coords).all()
+    centres = np.array([coords[y == c].mean(axis=0) for c in range(3)])
+    spread = max(np.linalg.norm(coords[y == c] - centres[c], axis=1).mean() for c in range(3))
+    gaps = [np.linalg.norm(centres[a] - centres[b]) for a, b in [(0, 1), (0, 2), (1, 2)]]
+    assert min(gaps) > 2 * spread  # the transformed points land in their own clusters
+
+
+def test_max_fit_errors(blobs):
+    X, y = blobs
+    with pytest.raises(ValueError, match="t-SNE cannot"):
+        Projector("tsne", max_fit=50).fit(X)
+    with pytest.raises(ValueError, match="max_fit=2 must be None or an integer >= 4"):
+        Projector("pca", max_fit=2).fit(X)
+    with pytest.raises(ValueError, match="one label a sample"):
+        Projector("pca", max_fit=50).fit(X, y[:10])
+    assert len(Projector("pca", max_fit=500).fit(X).fit_rows_) == 120  # under budget: all

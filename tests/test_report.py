@@ -253,3 +253,74 @@ def test_pretrained_backbone_separates_intel6_better_than_random(tmp_path, capsy
     accuracy = {row["backbone"]: row["accuracy"] for row in result["comparison"]}
     assert accuracy["pretrained"] > accuracy["random"] + 0.2
     assert out.stat().st_size < 20e6
+
+
+def _mixture(n_per_class=(400, 400, 3), dim=12, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(n_per_class)), n_per_class)
+    X = rng.normal(size=(len(y), dim)) + 6 * np.eye(dim)[y]
+    return X.astype(np.float32), np.array(["big", "other", "tiny"])[y]
+
+
+def test_report_over_precomputed_embeddings_downsamples_the_page(tmp_path):
+    X, y = _mixture()
+    out = tmp_path / "report.html"
+    result = report(embeddings={"first": (X, y), "second": (X[:, :6], y)}, method="pca",
+                    out=out, cache_dir=None, max_points=100)  # fmt: skip
+    assert result["n_points"] == 803 and result["n_shown"] == 100
+    assert result["classes"] == ["big", "other", "tiny"]
+    assert [p["label"] for p in result["panels"]] == ["first", "second"]
+    assert result["panels"][0]["metrics"]["n_knn"] == 803  # metrics over every point
+    assert result["comparison"] is None
+    page = out.read_text(encoding="utf-8")
+    assert "showing 100 of 803 points" in page
+    shown = json.loads(re.search(r'\["label",(\[[^\]]*\])\]', page).group(1))  # point labels
+    assert len(shown) == 100 and shown.count("tiny") == 3  # the class of 3 stays visible
+    again = report(embeddings={"first": (X, y), "second": (X[:, :6], y)}, method="pca",
+                   out=None, cache_dir=None, max_points=100)  # fmt: skip
+    assert again["panels"][0]["metrics"] == result["panels"][0]["metrics"]
+
+
+def test_report_over_embeddings_objects_keeps_paths(image_folder, tmp_path):
+    from featx import Extractor
+
+    extractor = Extractor(RawPixels(4), cache_dir=None, verbose=False)
+    emb = extractor.extract(image_folder, out=tmp_path / "emb")
+    from featx import Embeddings
+
+    loaded = Embeddings.load(tmp_path / "emb", mmap_mode="r")
+    result = report(embeddings={"pixels": loaded}, method="pca", out=tmp_path / "r.html",
+                    cache_dir=None)  # fmt: skip
+    assert result["n_points"] == result["n_shown"] == len(emb) == 12
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count("data:image/jpeg;base64,") == 12  # thumbnails from Embeddings.paths
+    assert "showing" not in page
+
+
+def test_report_embeddings_errors(hostile_folder):
+    X, y = _mixture()
+    with pytest.raises(ValueError, match=r"exactly one of source= .* got both"):
+        report(hostile_folder, embeddings={"a": (X, y)}, out=None)
+    with pytest.raises(ValueError, match="got neither"):
+        report(out=None)
+    with pytest.raises(ValueError, match="labels its images differently"):
+        report(embeddings={"a": (X, y), "b": (X, y[::-1])}, out=None, method="pca",
+               cache_dir=None)  # fmt: skip
+    with pytest.raises(ValueError, match=r"Expected an Embeddings .* or an \(X, y\) pair"):
+        report(embeddings={"a": X}, out=None)
+    with pytest.raises(ValueError, match="one label per row"):
+        report(embeddings={"a": (X, y[:5])}, out=None)
+
+
+def test_cli_report_max_points(hostile_folder, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    status = main([
+        "report", str(hostile_folder), "--backbones", "VGG16:weights=none", "--size", "32",
+        "--method", "pca", "--heads", "none", "--max-points", "6", "--cache-dir", "none",
+        "--out", str(out), "--json", "--quiet",
+    ])  # fmt: skip
+    assert status == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["n_points"], result["n_shown"]) == (24, 6)
+    assert "showing 6 of 24 points" in out.read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8").count("data:image/jpeg;base64,") == 6

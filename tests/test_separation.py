@@ -127,3 +127,30 @@ def test_bad_input():
         separation_metrics(X, X[:, :2], y, ["a", "b", "c"], geometry="manhattan")
     with pytest.raises(ValueError, match="at least 2 classes"):
         silhouette(X, np.zeros(len(X)))
+
+
+def test_stratified_sample_keeps_a_class_of_three_among_100k():
+    from featx.separation import stratified_sample
+
+    y = np.concatenate([np.repeat(np.arange(5), 20_000), [9, 9, 9]])
+    rows = stratified_sample(y, 1_000, seed=0)
+    assert len(rows) == 1_000 and len(np.unique(rows)) == 1_000
+    assert np.all(np.diff(rows) > 0)
+    assert int((y[rows] == 9).sum()) == 3
+    counts = np.bincount(y[rows])[:5]
+    assert counts.min() >= 199 and counts.max() <= 200  # the rest shared in proportion
+    np.testing.assert_array_equal(rows, stratified_sample(y, 1_000, seed=0))
+    assert not np.array_equal(rows, stratified_sample(y, 1_000, seed=1))
+    np.testing.assert_array_equal(stratified_sample(y[:50], 100), np.arange(50))
+    with pytest.raises(ValueError, match="cannot keep all 6 classes"):
+        stratified_sample(y, 5)
+
+
+def test_knn_metrics_use_a_sample_above_max_knn():
+    X, y = _blobs(n=200)
+    metrics = separation_metrics(X, X[:, :2], y, ["a", "b", "c"], max_knn=150)
+    assert metrics["n_knn"] == 150 and metrics["n"] == 600
+    predicted = metrics["predicted"]
+    assert int((predicted >= 0).sum()) == 150
+    sampled = predicted >= 0
+    assert metrics["knn_accuracy"] == round(float(np.mean(predicted[sampled] == y[sampled])), 4)
