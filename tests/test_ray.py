@@ -98,6 +98,16 @@ def test_ray_computes_only_the_misses_of_a_partly_filled_cache(ray_cluster, phot
     _same(on_ray, here)
 
 
+def test_ray_streams_into_an_out_folder_like_the_local_engine(ray_cluster, photos, tmp_path):
+    """engine='ray' with out=: the memory-mapped result equals the local in-memory one."""
+    on_ray = Extractor("MobileNetV2", cache_dir=tmp_path / "c", engine="ray", **OPTIONS).extract(
+        photos, on_error="skip", out=tmp_path / "emb"
+    )
+    here = Extractor("MobileNetV2", cache_dir=None, **OPTIONS).extract(photos, on_error="skip")
+    assert isinstance(on_ray.X, np.memmap)
+    _same(on_ray, here)
+
+
 def test_views_and_center_crop_apply_on_the_workers_as_locally(ray_cluster, photos, tmp_path):
     paths = sorted(str(p) for p in photos.rglob("*.jpg"))[:40]
     options = {**OPTIONS, "view": AugmentPolicy().views()[0], "resize": "center_crop"}
