@@ -199,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="heads of the classifier table, comma-separated, or 'none'")
     p.add_argument("--compare", default=None, metavar="FILE",
                    help="show this `featx compare --json` (or --csv) output instead")
+    p.add_argument("--tune", default=None, metavar="FILE",
+                   help="also show this `featx tune --json` (or --csv) search")
     p.add_argument("--cv", type=int, default=5, help="folds of the classifier table")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN metrics")
     p.add_argument("--no-thumbnails", action="store_true", help="no image thumbnails on hover")
@@ -375,7 +377,7 @@ def _compare(args: argparse.Namespace) -> Result:
 
 
 def _report(args: argparse.Namespace) -> Result:
-    from featx.report import load_comparison, parse_backbone_spec, report
+    from featx.report import load_comparison, load_tuning, parse_backbone_spec, report
 
     params = _extractor_params(args)
     layer = params.pop("layer")
@@ -389,6 +391,7 @@ def _report(args: argparse.Namespace) -> Result:
         args.source, backbones=entries, layers=layers, method=args.method, out=args.out,
         png=args.png, svg=args.svg, heads=heads,
         comparison=load_comparison(args.compare) if args.compare else None,
+        tuning=load_tuning(args.tune) if args.tune else None,
         cv=args.cv, k=args.k, thumbnails=not args.no_thumbnails, title=args.title,
         max_points=args.max_points or None, **params,
     )

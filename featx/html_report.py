@@ -45,6 +45,16 @@ COMPARISON_COLUMNS = (
     "protocol",
     "chosen_params",
 )
+TUNING_COLUMNS = (
+    "name",
+    "params",
+    "score",
+    "outer_accuracy",
+    "dim",
+    "ms_per_image",
+    "baseline",
+    "best",
+)
 _THUMB = """<img class="featx-thumb" src="@thumb" width="64" height="64" alt=""
        style="float:left;margin:0 6px 4px 0">"""
 _TIP = """
@@ -247,6 +257,7 @@ def _tables(data: ReportData) -> str:
     )
     parts.append(_per_class_table(data))
     parts.append(_comparison_table(data.comparison))
+    parts.append(_tuning_table(data))
     return "".join(parts)
 
 
@@ -272,18 +283,29 @@ def _per_class_table(data: ReportData) -> str:
 
 
 def _comparison_table(table: Any) -> str:
+    return _table(table, COMPARISON_COLUMNS, "Classifiers (featx compare)", "featx-comparison")
+
+
+def _tuning_table(data: ReportData) -> str:
+    caption = f"<p class='featx-help'>{html.escape(data.tuning_caption)}</p>"
+    table = _table(data.tuning, TUNING_COLUMNS, "Search (featx tune)", "featx-tuning")
+    return table + caption if table and data.tuning_caption else table
+
+
+def _table(table: Any, columns: tuple[str, ...], title: str, element_id: str) -> str:
+    """A DataFrame's ``columns`` (those it has) as an escaped HTML table under ``title``."""
     esc = html.escape
     if table is None or len(table) == 0:
         return ""
-    names = [c for c in COMPARISON_COLUMNS if c in table.columns]
+    names = [c for c in columns if c in table.columns]
     head = "".join(f"<th>{esc(c)}</th>" for c in names)
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(_fmt(row[c]))}</td>" for c in names) + "</tr>"
         for _, row in table.iterrows()
     )
     return (
-        "<h2 style='font:600 16px sans-serif'>Classifiers (featx compare)</h2>"
-        f"<table class='featx-table' id='featx-comparison'><tr>{head}</tr>{body}</table>"
+        f"<h2 style='font:600 16px sans-serif'>{esc(title)}</h2>"
+        f"<table class='featx-table' id='{element_id}'><tr>{head}</tr>{body}</table>"
     )
 
 

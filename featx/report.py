@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import time
@@ -48,7 +49,14 @@ from featx.extract import Embeddings, Extractor
 from featx.images import DecodeError, array_to_rgb, decode
 from featx.sources import resolve_source
 
-__all__ = ["Panel", "ReportData", "load_comparison", "parse_backbone_spec", "report"]
+__all__ = [
+    "Panel",
+    "ReportData",
+    "load_comparison",
+    "load_tuning",
+    "parse_backbone_spec",
+    "report",
+]
 
 THUMBNAIL_SIZE = 64
 # Points drawn per page: above this, a seeded sample keeping every class is shown (metrics
@@ -84,6 +92,8 @@ class ReportData:
     panels: list[Panel]
     method: str
     comparison: Any = None  # a featx.compare table (pandas.DataFrame), or None
+    tuning: Any = None  # a featx.tune results table (pandas.DataFrame), or None
+    tuning_caption: str = ""  # what tuning chose and scored, one line
     n_points: int | None = None  # images in the report; more than len(y) when downsampled
     max_points: int | None = None  # the display budget that chose the rows shown
 
@@ -109,6 +119,7 @@ def report(
     svg: str | os.PathLike | None = None,
     heads: Sequence[str] = ("logreg",),
     comparison: Any = None,
+    tuning: Any = None,
     cv: int = 5,
     k: int = 5,
     thumbnails: bool = True,
@@ -157,6 +168,10 @@ def report(
         ``cv``-fold cross-validation (or the dataset's own splits). Empty: no comparison.
     comparison : pandas.DataFrame, optional
         A :func:`featx.compare` table to show instead of computing one.
+    tuning : featx.tuning.TuneResult or pandas.DataFrame, optional
+        A :func:`featx.tune` search to show: every configuration tried with its selection
+        score, outer-fold accuracy, dimension and cost (``featx report --tune FILE``
+        reads ``featx tune --json`` or ``--csv`` output with :func:`load_tuning`).
     cv, k
         Folds of the comparison; neighbours of the k-NN metrics.
     thumbnails : bool, default True
@@ -296,6 +311,7 @@ def report(
         panels=panels,
         method=method,
         comparison=comparison,
+        **_tuning_fields(tuning),
         n_points=len(common),
         max_points=max_points,
     )
@@ -317,11 +333,9 @@ def _summary(data: ReportData, **extra: Any) -> dict[str, Any]:
     """The JSON-ready description of a report (what ``featx report --json`` prints)."""
     from featx.evaluate import _jsonable
 
-    comparison = None
-    if data.comparison is not None:
-        import json
+    def records(table: Any) -> list[dict[str, Any]] | None:
+        return None if table is None else json.loads(table.to_json(orient="records"))
 
-        comparison = json.loads(data.comparison.to_json(orient="records"))
     return _jsonable(
         {
             "title": data.title,
@@ -338,16 +352,50 @@ def _summary(data: ReportData, **extra: Any) -> dict[str, Any]:
                 }
                 for p in data.panels
             ],
-            "comparison": comparison,
+            "comparison": records(data.comparison),
+            "tuning": records(data.tuning),
             **{k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in extra.items()},
         }
     )
 
 
+def _tuning_fields(tuning: Any) -> dict[str, Any]:
+    """``ReportData``'s tuning table and caption from a TuneResult or its results table."""
+    import pandas as pd
+
+    if tuning is None:
+        return {}
+    if isinstance(tuning, pd.DataFrame):
+        return {"tuning": tuning}
+    results = getattr(tuning, "results", None)
+    if not isinstance(results, pd.DataFrame):
+        raise TypeError(
+            f"tuning= got {type(tuning).__name__}. Expected the featx.tune(...) result "
+            "(a TuneResult), its .results DataFrame, or load_tuning(path) of `featx tune "
+            "--json`/`--csv` output."
+        )
+    score = "mean outer-fold accuracy" if tuning.protocol == "nested-cv" else "test accuracy"
+    chosen = results.loc[results["best"], "name"].iloc[0] if results["best"].any() else "-"
+    caption = (
+        f"{tuning.protocol}: {score} of the tuned pipeline ({chosen}) "
+        f"{tuning.accuracy:.4f}, baseline ({results['name'].iloc[0]}) "
+        f"{tuning.baseline_accuracy:.4f}."
+    )
+    return {"tuning": results, "tuning_caption": caption}
+
+
+def load_tuning(path: str | os.PathLike):
+    """A saved :func:`featx.tune` table: ``featx tune --json`` output or its ``--csv`` file."""
+    return _saved_table(path, "results", "featx tune")
+
+
 def load_comparison(path: str | os.PathLike):
     """A saved :func:`featx.compare` table: ``featx compare --json`` output or ``--csv`` file."""
-    import json
+    return _saved_table(path, "rows", "featx compare")
 
+
+def _saved_table(path: str | os.PathLike, key: str, command: str):
+    """The rows a ``COMMAND --json`` output keeps under ``key``, or a ``--csv`` file."""
     import pandas as pd
 
     path = Path(path)
@@ -355,11 +403,11 @@ def load_comparison(path: str | os.PathLike):
         return pd.read_csv(path)
     with open(path, encoding="utf-8") as f:
         content = json.load(f)
-    rows = content.get("rows") if isinstance(content, dict) else content
+    rows = content.get(key) if isinstance(content, dict) else content
     if not isinstance(rows, list):
         raise ValueError(
-            f"{str(path)!r} is not a featx compare table. Expected the output of "
-            '`featx compare --json` (an object with "rows") or of `--csv`.'
+            f"{str(path)!r} is not a {command} table. Expected the output of "
+            f'`{command} --json` (an object with "{key}") or of `--csv`.'
         )
     return pd.DataFrame(rows)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -9,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MOBILENET_WEIGHTS, SHARED, random_image, require_shared
+from conftest import MOBILENET_WEIGHTS, SHARED, CountingBackbone, random_image, require_shared
 from PIL import Image
 
 import featx.projection
 from featx.backbones import RawPixels
 from featx.cli import main
-from featx.report import load_comparison, parse_backbone_spec, report
+from featx.report import load_comparison, load_tuning, parse_backbone_spec, report
+from featx.tuning import tune
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 MATH = "$\\nope$ & co"  # unbalanced mathtext: matplotlib raises unless '$' is escaped
@@ -196,6 +198,65 @@ def test_load_comparison(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"n_images": 3}))
     with pytest.raises(ValueError, match="not a featx compare table"):
         load_comparison(tmp_path / "bad.json")
+
+
+def _tables_html(page: Path) -> str:
+    """The HTML of the page's tables: a Bokeh Div's text inside the document's JSON."""
+    text = page.read_text(encoding="utf-8")
+    found = re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', text, re.S)
+    # Bokeh HTML-escapes the document's JSON inside its script element.
+    documents = json.dumps([json.loads(html.unescape(doc)) for doc in found])
+
+    def divs(node):
+        if isinstance(node, dict):
+            if node.get("name") == "featx-tables" and isinstance(node.get("text"), str):
+                yield node["text"]
+            for value in node.values():
+                yield from divs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from divs(value)
+
+    tables = list(divs(json.loads(documents)))
+    assert len(tables) == 1, f"expected one featx-tables Div, found {len(tables)}"
+    return tables[0]
+
+
+def test_the_tune_search_is_shown_on_the_page_and_in_the_summary(hostile_folder, tmp_path):
+    found = tune(
+        hostile_folder,
+        backbone=CountingBackbone(),
+        space={"tta": [None, "flip"], "pooling": ["avg"], "head": ["logreg"]},
+        grids={"logreg": {"clf__C": [0.1, 1.0]}},
+        cv=2,
+        inner_cv=2,
+        cache_dir=tmp_path / "cache",
+    )
+    result = _report(hostile_folder, tmp_path, heads=(), tuning=found)
+
+    rows = result["tuning"]
+    assert [r["name"] for r in rows] == found.results["name"].tolist()
+    assert all(r["ms_per_image"] > 0 and r["outer_accuracy"] is not None for r in rows)
+    page = _tables_html(tmp_path / "out" / "report.html")
+    table = page[page.index("id='featx-tuning'") :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr>") == len(found.results) + 1  # the header and every configuration
+    for name in found.results["name"]:
+        assert f"<td>{name}</td>" in table
+    assert f"{found.accuracy:.4f}" in page and f"{found.baseline_accuracy:.4f}" in page
+
+    # The same table from `featx tune --json` / `--csv` output, as `featx report --tune` reads it.
+    (tmp_path / "t.json").write_text(json.dumps(found.summary()))
+    found.results.to_csv(tmp_path / "t.csv", index=False)
+    for saved in ("t.json", "t.csv"):
+        table = load_tuning(tmp_path / saved)
+        assert table["name"].tolist() == found.results["name"].tolist()
+        assert np.allclose(table["score"], found.results["score"])
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match=r'not a featx tune table.*"results"'):
+        load_tuning(tmp_path / "bad.json")
+    with pytest.raises(TypeError, match="tuning= got dict"):
+        _report(hostile_folder, tmp_path, heads=(), tuning={"results": []})
 
 
 def test_cli_report_json(hostile_folder, tmp_path, capsys):
