@@ -66,6 +66,8 @@ def _cache_dir(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
+# featx.heads.HEADS, spelled out so that parsing arguments does not import scikit-learn
+# (tests/test_cli.py checks the two agree).
 _HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
 
 

@@ -125,3 +125,9 @@ def test_installed_command_runs(tmp_path):
         ["featx", "backbones", "--json"], capture_output=True, text=True, check=True
     )
     assert len(json.loads(done.stdout)["backbones"]) == len(list_backbones())
+
+
+def test_the_cli_offers_exactly_the_heads_featx_heads_builds():
+    from featx import cli, heads
+
+    assert cli._HEADS == heads.HEADS
