@@ -194,7 +194,8 @@ def report(
     dict
         JSON-ready: ``out``, ``png``, ``svg``, ``n_points``, ``n_shown`` (points drawn),
         ``classes``, ``panels`` (label,
-        metrics, per-class separation, dim, cost), ``comparison`` (rows) and ``seconds``.
+        metrics, per-class separation, dim, cost), ``comparison`` and ``tuning`` (rows)
+        and ``seconds``.
     """
     from featx.evaluate import _entries, _split_layout, compare
 
@@ -210,6 +211,7 @@ def report(
             "report() needs exactly one of source= (labelled images) and embeddings= "
             "(precomputed embeddings); got " + ("neither." if source is None else "both.")
         )
+    tuning_fields = _tuning_fields(tuning)  # checked before any work
     timings: dict[str, float] = {}
     if embeddings is not None:
         embedded = _precomputed(embeddings)
@@ -311,7 +313,7 @@ def report(
         panels=panels,
         method=method,
         comparison=comparison,
-        **_tuning_fields(tuning),
+        **tuning_fields,
         n_points=len(common),
         max_points=max_points,
     )
