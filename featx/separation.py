@@ -253,7 +253,7 @@ def separation_metrics(
     predicted[knn_rows] = knn_predict(X[knn_rows], y[knn_rows], k)
     if len(knn_rows) == len(y):
         predicted = predicted.astype(y.dtype)
-    sample = _stratified_sample(y, max_samples, seed)
+    sample = stratified_sample(y, max_samples, seed)
     Xs, Cs, ys = X[sample], coords[sample], y[sample]
     several = len(np.unique(ys)) > 1
     return {
@@ -271,12 +271,6 @@ def separation_metrics(
         "n_sampled": len(sample),
         "n_knn": len(knn_rows),
     }
-
-
-def _stratified_sample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Row indices: all rows, or a seeded sample of ``size`` that keeps every class (so the
-    per-class table lists a class of 3 among 200,000 too)."""
-    return stratified_sample(y, size, seed)
 
 
 def stratified_sample(
