@@ -19,7 +19,7 @@ Steps, each in a fresh Python process (own peak RSS, ``VmHWM``):
   (``Projector(max_fit=...)``: a quarter and a tenth of the points) with the rest placed by
   ``transform``; for each, wall time and featx.separation's trustworthiness and 2-D k-NN
   accuracy (``separation_metrics``), so users know what the shortcut costs.
-- ``report``: ``featx.report.report(embeddings={...})`` over all ``n`` points (maps fitted
+- ``report``: ``featx.report(embeddings={...})`` over all ``n`` points (maps fitted
   on ``--max-fit`` points and the rest transformed, display budget 20,000 points): wall
   time by stage, peak RSS, HTML size, points shown, and that every class is shown.
 - ``full``: a full UMAP fit of all ``n`` points (umap-learn's ``low_memory=True``, its
@@ -89,7 +89,7 @@ def step_trust(args) -> dict:
 
 
 def step_report(args) -> dict:
-    from featx.report import report
+    from featx.reporting import report
 
     X, y = synthetic(args.n)
     with tempfile.TemporaryDirectory() as folder:

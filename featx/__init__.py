@@ -36,6 +36,7 @@ __all__ = [
     "make_head",
     "predict_top_k",
     "project",
+    "report",
     "save_classifier",
     "tune",
 ]
@@ -45,13 +46,14 @@ __all__ = [
 _LAZY = {
     "EmbeddingTransformer": "featx.transformer",
     "make_head": "featx.heads",
-    "evaluate": "featx.evaluate",
-    "compare": "featx.evaluate",
+    "evaluate": "featx.evaluation",
+    "compare": "featx.evaluation",
     "fit_classifier": "featx.classifier",
     "save_classifier": "featx.classifier",
     "load_classifier": "featx.classifier",
     "predict_top_k": "featx.classifier",
     "project": "featx.projection",
+    "report": "featx.reporting",
     "tune": "featx.tuning",
 }
 

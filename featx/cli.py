@@ -346,7 +346,7 @@ def _splits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace) -> Result:
-    from featx.evaluate import evaluate
+    from featx.evaluation import evaluate
 
     result = evaluate(**_splits(args), backbone=args.backbone, head=args.head,
                       tta=args.tta, tta_combine=args.tta_combine, augment=args.augment or None,
@@ -361,7 +361,7 @@ def _evaluate(args: argparse.Namespace) -> Result:
 
 
 def _compare(args: argparse.Namespace) -> Result:
-    from featx.evaluate import compare
+    from featx.evaluation import compare
 
     names = args.backbones.split(",") if args.backbones else [args.backbone]
     params = _extractor_params(args)
@@ -379,7 +379,7 @@ def _compare(args: argparse.Namespace) -> Result:
 
 
 def _report(args: argparse.Namespace) -> Result:
-    from featx.report import load_comparison, load_tuning, parse_backbone_spec, report
+    from featx.reporting import load_comparison, load_tuning, parse_backbone_spec, report
 
     params = _extractor_params(args)
     layer = params.pop("layer")

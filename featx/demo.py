@@ -86,7 +86,7 @@ def run_demo(
     """
     from featx.backbones import RawPixels
     from featx.cache import default_cache_dir
-    from featx.evaluate import compare
+    from featx.evaluation import compare
 
     cache_root = Path(default_cache_dir() if cache_dir == "auto" else cache_dir or "cache")
     if data is None:
@@ -147,7 +147,7 @@ def run_demo(
     )
 
     # See: each representation's map and separation, with the comparison beneath.
-    from featx.report import report
+    from featx.reporting import report
 
     pages = report(data, backbones=backbones, comparison=table, method=method,
                    out=cache_root / "demo-report.html", png=cache_root / "demo-report.png",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.report import ReportData
+from featx.reporting import ReportData
 
 __all__ = ["class_colours", "write_figure"]
 

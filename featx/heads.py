@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "default_grid",
     "fit_out_of_core",
     "make_head",
+    "resolve_grid",
 ]
 
 HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
@@ -213,6 +215,51 @@ def default_grid(kind: str) -> dict[str, list[Any]]:
     ['clf__estimator__C']
     """
     return {name: list(values) for name, values in _GRIDS[_check_kind(kind)].items()}
+
+
+def resolve_grid(estimator: Any, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """``grid`` with its keys resolved to ``estimator``'s parameters, values as lists.
+
+    A bare name reaches the classifier: ``"C"`` becomes ``"clf__C"`` (or
+    ``"clf__estimator__C"`` inside a calibrated SVM), as a full pipeline key stays itself.
+    A key the estimator lacks fails here, before any work, naming the closest matches.
+
+    Examples
+    --------
+    >>> from featx.heads import make_head, resolve_grid
+    >>> resolve_grid(make_head("svm"), {"C": [1, 10]})
+    {'clf__estimator__C': [1, 10]}
+    >>> resolve_grid(make_head("logreg"), {"clf__C": 0.1})
+    {'clf__C': [0.1]}
+    """
+    valid = set(estimator.get_params(deep=True))
+    resolved: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        name = next((k for k in (key, f"clf__{key}", f"clf__estimator__{key}") if k in valid), None)
+        if name is None:
+            raise ValueError(_unknown_grid_key(key, estimator, valid))
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+            values = [values]
+        if len(values) == 0:
+            raise ValueError(f"The grid gives no values for {key!r}; give at least one.")
+        resolved[name] = list(values)
+    return resolved
+
+
+def _unknown_grid_key(key: str, estimator: Any, valid: set[str]) -> str:
+    tunable = sorted(name for name in valid if "__" in name) or sorted(valid)
+    # Match on the bare parameter name too: "c" finds "clf__C".
+    aliases: dict[str, str] = {}
+    for name in tunable:
+        aliases.setdefault(name.lower(), name)
+        aliases.setdefault(name.rsplit("__", 1)[-1].lower(), name)
+    close = difflib.get_close_matches(key.lower(), list(aliases), n=3)
+    suggestions = list(dict.fromkeys(aliases[c] for c in close))
+    hint = f" Did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
+    return (
+        f"The grid names {key!r}, which {type(estimator).__name__} does not have. Expected "
+        f"one of: {', '.join(tunable)} (a bare name like 'C' reaches the classifier).{hint}"
+    )
 
 
 def _check_kind(kind: str) -> str:

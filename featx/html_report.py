@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from featx.figure import class_colours
-from featx.report import ReportData
+from featx.reporting import ReportData
 from featx.separation import METRIC_HELP
 
 __all__ = ["write_html"]

@@ -82,7 +82,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Train-time augmentation policy for :meth:`transform_copies`: that many seeded,
         cached augmented copies of each image. A scikit-learn ``Pipeline`` cannot add
         rows, so ``fit``/``transform`` never use it; :func:`featx.tuning.tune` and
-        :func:`featx.evaluate.evaluate` train heads on originals plus copies, grouped.
+        :func:`featx.evaluation.evaluate` train heads on originals plus copies, grouped.
     batch_size : int, default 32
     cache_dir : path, "auto" or None, default "auto"
         ``"auto"`` is ``$FEATX_CACHE_DIR`` or ``./cache``; ``None`` disables caching.

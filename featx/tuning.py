@@ -12,7 +12,7 @@ alone), so a pooling costs no second forward pass, and any later search reads ev
 pooling back from the cache. Every configuration is then assembled from these
 blocks in memory, and a second run reads everything from the cache.
 
-Protocols, chosen by the data given (as :func:`featx.evaluate.evaluate` does):
+Protocols, chosen by the data given (as :func:`featx.evaluation.evaluate` does):
 
 ``"train-validation-test"``
     every configuration and head parameter is fitted on train and scored on
@@ -51,7 +51,7 @@ from threadpoolctl import threadpool_limits
 from featx.augment import Compose, View, resolve_augment, resolve_tta, view_label
 from featx.backbones import Backbone, resolve_backbone
 from featx.extract import Extractor
-from featx.heads import default_grid, make_head
+from featx.heads import default_grid, make_head, resolve_grid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,7 +114,7 @@ class TuneResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: what ``featx tune --json`` prints."""
-        from featx.evaluate import _jsonable
+        from featx.evaluation import _jsonable
 
         return _jsonable(
             {
@@ -187,7 +187,7 @@ def tune(
     Parameters
     ----------
     source, train, validation, test
-        The data, as for :func:`featx.evaluate.evaluate`: a dataset root with
+        The data, as for :func:`featx.evaluation.evaluate`: a dataset root with
         ``train/``, ``validation/`` and ``test/``, one class-per-folder source (nested
         cross-validation), or explicit splits.
     backbone, weights
@@ -207,7 +207,7 @@ def tune(
     inner_cv : int, default 3
         Folds of the inner, group-aware selection (nested CV and train-test).
     resize, cache_dir, batch_size, seed, verbose
-        As for :func:`featx.evaluate.evaluate`.
+        As for :func:`featx.evaluation.evaluate`.
     log : callable, optional
         Called with a line of progress text (e.g. ``print``).
 
@@ -234,7 +234,7 @@ def tune(
     >>> found.pipeline.predict([str(root / "dark" / "0.png")]).tolist()
     ['dark']
     """
-    from featx.evaluate import _resolve_splits
+    from featx.evaluation import _resolve_splits
 
     start = time.perf_counter()
     log = log or (lambda _: None)
@@ -328,7 +328,10 @@ def _copies(augment: Any) -> int | None:
 
 
 def _head_grid(kind: str, grid: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    return list(ParameterGrid(dict(grid) if grid is not None else default_grid(kind)))
+    """Every parameter setting of ``kind``'s grid (bare names like ``"C"`` allowed)."""
+    return list(
+        ParameterGrid(resolve_grid(make_head(kind), default_grid(kind) if grid is None else grid))
+    )
 
 
 # -- embeddings, one block per (size, view, copy) ------------------------------------------------
@@ -376,7 +379,7 @@ class _Blocks:
 
     def _read_labels(self) -> None:
         """Labels and paths per split, from the plain extraction at the first size."""
-        from featx.evaluate import _align, _check_disjoint
+        from featx.evaluation import _align, _check_disjoint
 
         embedded = {}
         extractor = self._extractor(self._first_size, None)

@@ -144,7 +144,7 @@ def test_costs_report_dimension_and_time_per_member(image_folder, tmp_path):
 
 
 def test_evaluate_and_compare_report_views_and_sizes(image_folder, tmp_path):
-    from featx.evaluate import compare, evaluate
+    from featx.evaluation import compare, evaluate
 
     result = evaluate(
         image_folder, backbone=CountingBackbone(), tta="flip", cv=2, grid={}, cache_dir=tmp_path
@@ -169,7 +169,7 @@ def test_evaluate_and_compare_report_views_and_sizes(image_folder, tmp_path):
 
 
 def test_compare_concatenates_several_backbones_in_one_row(image_folder, tmp_path):
-    from featx.evaluate import compare
+    from featx.evaluation import compare
 
     entry = {"backbone": ["MobileNetV2", "VGG16"], "weights": None, "input_size": 32}
     table = compare(
@@ -209,7 +209,7 @@ def test_evaluate_with_copies_never_scores_an_image_whose_copy_it_trained_on(ima
     views = [combined.extract(image_folder), *combined.extract_copies(image_folder)]
     _GroupRecordingHead.group_of = {row.tobytes(): i for e in views for i, row in enumerate(e.X)}
     _GroupRecordingHead.fits, _GroupRecordingHead.overlaps = [], []
-    from featx.evaluate import evaluate
+    from featx.evaluation import evaluate
 
     result = evaluate(
         image_folder,

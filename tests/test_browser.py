@@ -20,7 +20,7 @@ from conftest import random_image
 
 from featx.backbones import RawPixels
 from featx.html_report import write_html
-from featx.report import Panel, ReportData, report
+from featx.reporting import Panel, ReportData, report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for this closed network: no background connections, no sandbox as root, no GPU.

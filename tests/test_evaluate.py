@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 from featx import Extractor
 from featx.backbones import RawPixels
-from featx.evaluate import compare, evaluate
+from featx.evaluation import compare, evaluate
 
 CLASSES = ("apple", "leaf", "sky")
 COLOURS = {"apple": (200, 40, 40), "leaf": (40, 170, 60), "sky": (60, 90, 210), "stone": (128,) * 3}
@@ -405,6 +405,35 @@ def test_compare_uses_an_entry_label(split_root):
     )
     # A Backbone instance has no random-weights version: only the raw-pixels baseline.
     assert table["backbone"].tolist() == ["stats", "raw pixels 16x16"]
+
+
+def test_compare_takes_a_keras_model_in_an_entry_with_its_own_weights(split_root, small_weights):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    model = keras.Model(inputs, outputs, name="mine")
+    kernel = model.get_layer("conv").get_weights()[0].copy()
+    entries = [
+        {"backbone": "MobileNetV2", "input_size": 32},
+        {"backbone": model, "input_size": 24, "preprocess": lambda x: x / 255.0},
+        {"backbone": model, "input_size": 24, "label": "my model"},
+    ]
+    # weights= is the file for the registry model; the keras.Model keeps its own.
+    table = compare(
+        split_root,
+        backbones=entries,
+        heads=["logreg"],
+        weights=small_weights,
+        baselines=False,
+        cache_dir=None,
+    )
+    assert table[["backbone", "weights", "dim"]].values.tolist() == [
+        ["MobileNetV2", "small.weights.h5", 1280],
+        ["mine", "own", 4],
+        ["my model", "own", 4],
+    ]
+    np.testing.assert_array_equal(model.get_layer("conv").get_weights()[0], kernel)
 
 
 def test_compare_refuses_an_unknown_entry_key(split_root):

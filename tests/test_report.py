@@ -16,7 +16,7 @@ from PIL import Image
 import featx.projection
 from featx.backbones import RawPixels
 from featx.cli import main
-from featx.report import load_comparison, load_tuning, parse_backbone_spec, report
+from featx.reporting import load_comparison, load_tuning, parse_backbone_spec, report
 from featx.tuning import tune
 
 HOSTILE = "<img src=x onerror=alert(1)>"

@@ -159,6 +159,30 @@ def test_an_unknown_dimension_is_refused(flat_root):
         tune(flat_root, backbone=CountingBackbone(), space={"tta": ["mirror"]}, cache_dir=None)
 
 
+def test_a_grid_takes_bare_names_and_a_wrong_key_fails_before_any_extraction(flat_root):
+    space = {"input_size": [16], "tta": [None], "pooling": ["avg"], "head": ["logreg"]}
+    bare = tune(
+        flat_root,
+        backbone=CountingBackbone(),
+        space=space,
+        cv=2,
+        inner_cv=2,
+        grids={"logreg": {"C": [0.5]}},
+        cache_dir=None,
+    )
+    assert json.loads(bare.results["params"].iloc[0]) == {"clf__C": [0.5, 0.5]}
+    backbone = CountingBackbone()
+    with pytest.raises(ValueError, match=r"'alpha'.*Expected one of: .*clf__C"):
+        tune(
+            flat_root,
+            backbone=backbone,
+            space=space,
+            grids={"logreg": {"alpha": [1.0]}},
+            cache_dir=None,
+        )
+    assert backbone.seen == []
+
+
 def test_cli_tune_prints_one_json_object(flat_root, tmp_path, capsys):
     status = main(
         [

@@ -25,7 +25,6 @@ on the same folds, so its rows are paired comparisons.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import math
@@ -52,7 +51,7 @@ from threadpoolctl import threadpool_limits
 from featx.backbones import Backbone, RawPixels, get_spec
 from featx.combine import CombinedExtractor, expand_members
 from featx.extract import Embeddings, Extractor
-from featx.heads import default_grid, make_head
+from featx.heads import default_grid, make_head, resolve_grid
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -156,7 +155,7 @@ def evaluate(
     >>> from pathlib import Path
     >>> from PIL import Image
     >>> from featx.backbones import RawPixels
-    >>> from featx.evaluate import evaluate
+    >>> from featx.evaluation import evaluate
     >>> root = Path(tempfile.mkdtemp())
     >>> for split, n in [("train", 6), ("test", 3)]:
     ...     for name, grey in [("dark", 40), ("light", 200)]:
@@ -259,7 +258,7 @@ def compare(
     >>> from pathlib import Path
     >>> from PIL import Image
     >>> from featx.backbones import RawPixels
-    >>> from featx.evaluate import compare
+    >>> from featx.evaluation import compare
     >>> root = Path(tempfile.mkdtemp())
     >>> for name, grey in [("dark", 40), ("light", 200)]:
     ...     (root / name).mkdir()
@@ -559,41 +558,9 @@ def _head(head: str | Any) -> tuple[Any, str, dict[str, list[Any]]]:
     return clone(head), type(head).__name__, {}
 
 
-def _candidates(estimator: Any, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """``grid`` with keys resolved to ``estimator`` parameters (bare names reach the classifier)."""
-    valid = set(estimator.get_params(deep=True))
-    resolved: dict[str, list[Any]] = {}
-    for key, values in grid.items():
-        name = next((k for k in (key, f"clf__{key}", f"clf__estimator__{key}") if k in valid), None)
-        if name is None:
-            raise ValueError(_unknown_grid_key(key, estimator, valid))
-        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-            values = [values]
-        if len(values) == 0:
-            raise ValueError(f"The grid gives no values for {key!r}; give at least one.")
-        resolved[name] = list(values)
-    return resolved
-
-
-def _unknown_grid_key(key: str, estimator: Any, valid: set[str]) -> str:
-    tunable = sorted(name for name in valid if "__" in name) or sorted(valid)
-    # Match on the bare parameter name too: "c" finds "clf__C".
-    aliases: dict[str, str] = {}
-    for name in tunable:
-        aliases.setdefault(name.lower(), name)
-        aliases.setdefault(name.rsplit("__", 1)[-1].lower(), name)
-    close = difflib.get_close_matches(key.lower(), list(aliases), n=3)
-    suggestions = list(dict.fromkeys(aliases[c] for c in close))
-    hint = f" Did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
-    return (
-        f"The grid names {key!r}, which {type(estimator).__name__} does not have. Expected "
-        f"one of: {', '.join(tunable)} (a bare name like 'C' reaches the classifier).{hint}"
-    )
-
-
 def _run(data: _Data, head: str | Any, grid: Mapping[str, Any] | None, cv: int, seed: int):
     estimator, label, default = _head(head)
-    grid = _candidates(estimator, default if grid is None else grid)
+    grid = resolve_grid(estimator, default if grid is None else grid)
     common = {
         "protocol": data.protocol,
         "head": label,
@@ -849,6 +816,10 @@ def _entry(backbone: str | Mapping[str, Any] | Backbone, defaults: dict[str, Any
                 f"The backbone entry {dict(backbone)!r} has {problem}. Expected 'backbone' "
                 f"and optionally 'label' and Extractor parameters: {', '.join(_EXTRACTOR_PARAMS)}."
             )
+        if not isinstance(params["backbone"], (str, os.PathLike, list, Backbone)):
+            # A keras.Model keeps its own weights unless the entry names a file: the
+            # call's weights= is for the registry backbones beside it.
+            params.setdefault("weights", "imagenet")
         params = {**defaults, **params}
         if isinstance(params["backbone"], Backbone):
             params = {"backbone": params["backbone"]}
@@ -863,7 +834,7 @@ def _entry(backbone: str | Mapping[str, Any] | Backbone, defaults: dict[str, Any
         )
     # A keras.Model: it keeps its own weights.
     params = {"backbone": backbone, **defaults, "weights": "imagenet"}
-    return _Entry(getattr(backbone, "name", type(backbone).__name__), params)
+    return _Entry(_name_label(backbone, "imagenet"), params)
 
 
 def _baselines(first: _Entry, defaults: dict[str, Any]) -> list[_Entry]:
@@ -893,7 +864,9 @@ def _backbone_label(backbone: Backbone) -> str:
     return str(backbone.name)
 
 
-def _name_label(backbone: str | os.PathLike, weights: Any) -> str:
+def _name_label(backbone: Any, weights: Any) -> str:
+    if not isinstance(backbone, (str, os.PathLike)):  # a keras.Model
+        return str(getattr(backbone, "name", type(backbone).__name__))
     name = Path(os.fspath(backbone)).name  # a registry name, or a model file's name
     return f"{name} (random weights)" if weights is None else name
 

@@ -13,7 +13,7 @@ Examples
 >>> from pathlib import Path
 >>> from PIL import Image
 >>> from featx.backbones import RawPixels
->>> from featx.report import report
+>>> from featx.reporting import report
 >>> root = Path(tempfile.mkdtemp())
 >>> for name, colour in [("red", (200, 40, 40)), ("blue", (40, 40, 200))]:
 ...     (root / name).mkdir()
@@ -197,7 +197,7 @@ def report(
         metrics, per-class separation, dim, cost), ``comparison`` and ``tuning`` (rows)
         and ``seconds``.
     """
-    from featx.evaluate import _entries, _split_layout, compare
+    from featx.evaluation import _entries, _split_layout, compare
 
     start = time.perf_counter()
     from featx.projection import METHODS
@@ -333,7 +333,7 @@ def report(
 
 def _summary(data: ReportData, **extra: Any) -> dict[str, Any]:
     """The JSON-ready description of a report (what ``featx report --json`` prints)."""
-    from featx.evaluate import _jsonable
+    from featx.evaluation import _jsonable
 
     def records(table: Any) -> list[dict[str, Any]] | None:
         return None if table is None else json.loads(table.to_json(orient="records"))
