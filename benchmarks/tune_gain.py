@@ -58,6 +58,13 @@ SEARCHES = {
     },
 }
 
+LEGEND = {
+    True: "Every configuration tried (`score`: mean inner-CV accuracy; `outer_accuracy`: the "
+    "configuration refitted and scored in every outer fold, for comparison only):",
+    False: "Every configuration tried (`score`: validation accuracy, C chosen on validation; "
+    "the test split was scored for the winner and the baseline only):",
+}
+
 
 def measure(name: str, cache_dir: str) -> dict:
     data = SHARED / "datasets" / name
@@ -77,6 +84,10 @@ def markdown(name: str, m: dict) -> str:
     score = "outer-fold mean (5-fold nested CV)" if found.protocol == "nested-cv" else "test"
     best = found.results[found.results["best"]].iloc[0]
     strict = found.baseline_accuracy
+    base = found.results[found.results["baseline"]].iloc[0]
+    columns = ["name", "params", "score", "dim", "ms_per_image"]
+    if found.protocol == "nested-cv":
+        columns.insert(3, "outer_accuracy")
     lines = [
         f"### {name}: {found.protocol}, scores are {score}",
         "",
@@ -85,7 +96,7 @@ def markdown(name: str, m: dict) -> str:
         f"| plain 160 px logreg (`featx.evaluate`) | {plain['accuracy']:.4f} | | 1280 | "
         f"{plain['ms_per_image']:.1f} |",
         f"| tune's baseline row (160 px, same C search) | {strict:.4f} | "
-        f"{100 * (strict - plain['accuracy']):+.2f} | 1280 | |",
+        f"{100 * (strict - plain['accuracy']):+.2f} | {base['dim']} | {base['ms_per_image']:.1f} |",
         f"| **featx tune** (chosen: {best['name']}) | **{found.accuracy:.4f}** | "
         f"**{100 * (found.accuracy - plain['accuracy']):+.2f}** | {best['dim']} | "
         f"{best['ms_per_image']:.1f} |",
@@ -93,13 +104,10 @@ def markdown(name: str, m: dict) -> str:
         f"Gain over tune's own baseline row: {100 * (found.accuracy - strict):+.2f} points. "
         f"Search {found.seconds:.0f} s; plain evaluate {m['plain_seconds']:.0f} s.",
         "",
-        "Every configuration tried (`score`: the selection score; `outer_accuracy`: the",
-        "configuration refitted and scored in every outer fold, for comparison only):",
+        LEGEND[found.protocol == "nested-cv"],
         "",
         "```",
-        found.results[["name", "params", "score", "outer_accuracy", "dim", "ms_per_image"]]
-        .round(4)
-        .to_string(index=False),
+        found.results[columns].round(4).to_string(index=False),
         "```",
         "",
     ]

@@ -78,7 +78,9 @@ class TuneResult:
     results : pandas.DataFrame
         One row per configuration x head: ``name``, ``input_size``, ``tta``,
         ``pooling``, ``augment``, ``head``, ``params`` (the head parameters chosen for
-        it, JSON text), ``score`` (validation accuracy, or mean inner-CV accuracy),
+        it, JSON text; under nested CV each parameter lists its value chosen in every
+        outer fold, e.g. ``{"clf__C": [0.001, 0.003, ...]}``), ``score`` (validation
+        accuracy, or mean inner-CV accuracy),
         ``outer_accuracy`` (nested CV only: mean over outer folds, NaN otherwise),
         ``dim``, ``ms_per_image`` (extraction cost per image, every size, view and
         copy included), ``fit_seconds``, ``baseline`` and ``best`` (booleans).

@@ -43,6 +43,9 @@ def test_cache_folder_has_its_readme():
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
 def test_ruff_is_clean():
     done = subprocess.run(
-        ["ruff", "check", "featx", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+        ["ruff", "check", "featx", "tests", "benchmarks", "examples"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stdout
