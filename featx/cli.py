@@ -83,8 +83,13 @@ def _param(value: str) -> tuple[str, Any]:
 
 def _add_head_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", default="logreg", choices=_HEADS)
-    p.add_argument("--param", type=_param, action="append", default=[],
-                   help="a head parameter KEY=VALUE (repeatable), e.g. --param C=10")
+    p.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        help="a head parameter KEY=VALUE (repeatable), e.g. --param C=10",
+    )
 
 
 def _add_backbone_options(p: argparse.ArgumentParser, default_weights: str | None) -> None:
@@ -95,8 +100,12 @@ def _add_backbone_options(p: argparse.ArgumentParser, default_weights: str | Non
         default=default_weights,
         help="imagenet | none (seeded random init) | PATH to a weights file",
     )
-    p.add_argument("--size", type=_size, default=None,
-                   help="input size N or HxW; N,M embeds at each size and concatenates")
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        help="input size N or HxW; N,M embeds at each size and concatenates",
+    )
     p.add_argument("--pooling", choices=("avg", "max", "avg+max"), default="avg")
     p.add_argument("--layer", default=None, help="embed this layer instead of the last block")
     p.add_argument("--resize", choices=("stretch", "center_crop"), default="stretch")
@@ -119,24 +128,44 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="embed a folder or list of images into the cache")
-    p.add_argument("source", help="a class-per-folder directory, an image file, or a .csv / "
-                   ".parquet manifest of image paths (and labels)")
+    p.add_argument(
+        "source",
+        help="a class-per-folder directory, an image file, or a .csv / "
+        ".parquet manifest of image paths (and labels)",
+    )
     p.add_argument("--path-column", default="path", help="the manifest's path column")
-    p.add_argument("--label-column", default=None,
-                   help="the manifest's label column (default: 'label' if present)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="compute in this process, or on a Ray cluster (pip install featx[ray])")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: a local Ray)")
-    p.add_argument("--ray-actors", type=int, default=None,
-                   help="copies of the network on the cluster (default: one per CPU)")
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="the manifest's label column (default: 'label' if present)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="compute in this process, or on a Ray cluster (pip install featx[ray])",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: auto | HOST:PORT | ray://HOST:PORT (default: a local Ray)",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        help="copies of the network on the cluster (default: one per CPU)",
+    )
     p.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
     p.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
     _add_backbone_options(p, default_weights="imagenet")
-    p.add_argument("--out", default=None,
-                   help="also write the embeddings: FILE.npz (one file), or a FOLDER written "
-                        "row by row (memory-mappable X.npy + meta.npz; for sets larger than "
-                        "memory)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="also write the embeddings: FILE.npz (one file), or a FOLDER written "
+        "row by row (memory-mappable X.npy + meta.npz; for sets larger than "
+        "memory)",
+    )
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     p.add_argument(
         "--precision",
@@ -157,82 +186,149 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--json", action="store_true")
 
-    for name, help_text in [("evaluate", "fit and score a head under an honest protocol"),
-                            ("compare", "score several backbones x heads, with baselines")]:
+    for name, help_text in [
+        ("evaluate", "fit and score a head under an honest protocol"),
+        ("compare", "score several backbones x heads, with baselines"),
+    ]:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("source", nargs="?", default=None,
-                       help="a root with train/ validation/ test/, or one class-per-folder "
-                       "directory (cross-validated)")
+        p.add_argument(
+            "source",
+            nargs="?",
+            default=None,
+            help="a root with train/ validation/ test/, or one class-per-folder "
+            "directory (cross-validated)",
+        )
         p.add_argument("--train", default=None, help="explicit training source")
         p.add_argument("--validation", default=None, help="explicit validation source")
         p.add_argument("--test", default=None, help="explicit test source")
         p.add_argument("--cv", type=int, default=5, help="folds for a single folder")
         _add_backbone_options(p, default_weights="imagenet")
-        p.add_argument("--tta", type=_tta, default=None,
-                       help="test-time views averaged: none | flip | crop | flip+crop")
+        p.add_argument(
+            "--tta",
+            type=_tta,
+            default=None,
+            help="test-time views averaged: none | flip | crop | flip+crop",
+        )
         p.add_argument("--tta-combine", choices=("mean", "concat"), default="mean")
-        p.add_argument("--augment", type=int, default=0,
-                       help="also train on K seeded augmented copies of each training image")
+        p.add_argument(
+            "--augment",
+            type=int,
+            default=0,
+            help="also train on K seeded augmented copies of each training image",
+        )
         if name == "evaluate":
             p.add_argument("--head", default="logreg", choices=_HEADS)
         else:
-            p.add_argument("--backbones", default=None,
-                           help="comma-separated registry names (default: --backbone)")
-            p.add_argument("--heads", default="logreg",
-                           help=f"comma-separated, from {', '.join(_HEADS)}")
-            p.add_argument("--no-baselines", action="store_true",
-                           help="leave out the raw-pixel and random-weight baselines")
+            p.add_argument(
+                "--backbones",
+                default=None,
+                help="comma-separated registry names (default: --backbone)",
+            )
+            p.add_argument(
+                "--heads", default="logreg", help=f"comma-separated, from {', '.join(_HEADS)}"
+            )
+            p.add_argument(
+                "--no-baselines",
+                action="store_true",
+                help="leave out the raw-pixel and random-weight baselines",
+            )
             p.add_argument("--csv", default=None, help="also write the table to FILE.csv")
 
-    p = sub.add_parser("report", help="maps and separation metrics of backbones or layers: "
-                       "an interactive HTML page and a PNG/SVG figure")
+    p = sub.add_parser(
+        "report",
+        help="maps and separation metrics of backbones or layers: "
+        "an interactive HTML page and a PNG/SVG figure",
+    )
     p.add_argument("source", help="a class-per-folder directory or a root with train/ test/")
-    p.add_argument("--backbones", nargs="+", default=None, metavar="SPEC",
-                   help="one panel each: NAME[:weights=W][:size=N][:layer=L][:pooling=P]"
-                   "[:label=TEXT], e.g. MobileNetV2:weights=none (default: --backbone)")
-    p.add_argument("--layers", default=None,
-                   help="comma-separated layers of the first backbone, one panel each "
-                   "('last' is its last block)")
+    p.add_argument(
+        "--backbones",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help="one panel each: NAME[:weights=W][:size=N][:layer=L][:pooling=P]"
+        "[:label=TEXT], e.g. MobileNetV2:weights=none (default: --backbone)",
+    )
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layers of the first backbone, one panel each "
+        "('last' is its last block)",
+    )
     p.add_argument("--method", choices=("umap", "pca", "tsne"), default="umap")
     p.add_argument("--out", default="report.html", help="the HTML page (default report.html)")
     p.add_argument("--png", default=None, help="also write the figure as PNG")
     p.add_argument("--svg", default=None, help="also write the figure as SVG")
-    p.add_argument("--heads", default="logreg",
-                   help="heads of the classifier table, comma-separated, or 'none'")
-    p.add_argument("--compare", default=None, metavar="FILE",
-                   help="show this `featx compare --json` (or --csv) output instead")
-    p.add_argument("--tune", default=None, metavar="FILE",
-                   help="also show this `featx tune --json` (or --csv) search")
+    p.add_argument(
+        "--heads",
+        default="logreg",
+        help="heads of the classifier table, comma-separated, or 'none'",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="FILE",
+        help="show this `featx compare --json` (or --csv) output instead",
+    )
+    p.add_argument(
+        "--tune",
+        default=None,
+        metavar="FILE",
+        help="also show this `featx tune --json` (or --csv) search",
+    )
     p.add_argument("--cv", type=int, default=5, help="folds of the classifier table")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN metrics")
     p.add_argument("--no-thumbnails", action="store_true", help="no image thumbnails on hover")
     p.add_argument("--title", default=None)
-    p.add_argument("--max-points", type=int, default=20_000,
-                   help="most points drawn per panel; above it a seeded sample keeping every "
-                        "class is drawn (metrics use every point; 0: draw all)")
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=20_000,
+        help="most points drawn per panel; above it a seeded sample keeping every "
+        "class is drawn (metrics use every point; 0: draw all)",
+    )
     _add_backbone_options(p, default_weights="imagenet")
 
     p = sub.add_parser("tune", help="search size, views, pooling, augmentation and head")
-    p.add_argument("source", nargs="?", default=None,
-                   help="a root with train/ validation/ test/, or one class-per-folder "
-                   "directory (nested cross-validation)")
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="a root with train/ validation/ test/, or one class-per-folder "
+        "directory (nested cross-validation)",
+    )
     p.add_argument("--train", default=None, help="explicit training source")
     p.add_argument("--validation", default=None, help="explicit validation source")
     p.add_argument("--test", default=None, help="explicit test source")
     p.add_argument("--cv", type=int, default=5, help="outer folds for a single folder")
     p.add_argument("--inner-cv", type=int, default=3, help="folds of the inner selection")
     p.add_argument("--backbone", default="MobileNetV2", help="registry name, or a .keras/.h5 file")
-    p.add_argument("--weights", type=_weights, default="imagenet",
-                   help="imagenet | none (seeded random init) | PATH to a weights file")
-    p.add_argument("--sizes", type=_sizes_space, default="160,224,160+224",
-                   help="input sizes to try; + concatenates (default 160,224,160+224)")
+    p.add_argument(
+        "--weights",
+        type=_weights,
+        default="imagenet",
+        help="imagenet | none (seeded random init) | PATH to a weights file",
+    )
+    p.add_argument(
+        "--sizes",
+        type=_sizes_space,
+        default="160,224,160+224",
+        help="input sizes to try; + concatenates (default 160,224,160+224)",
+    )
     p.add_argument("--tta", default="none,flip", help="views to try (default none,flip)")
     p.add_argument("--poolings", default="avg,avg+max", help="poolings to try")
-    p.add_argument("--augment", default="0",
-                   help="augmented copies per training image to try, e.g. 0,2 (default 0)")
+    p.add_argument(
+        "--augment",
+        default="0",
+        help="augmented copies per training image to try, e.g. 0,2 (default 0)",
+    )
     p.add_argument("--heads", default="logreg,svm", help=f"heads to try, from {', '.join(_HEADS)}")
-    p.add_argument("--grid", type=_grid, action="append", default=[],
-                   help="a head's grid HEAD:KEY=V1,V2 (repeatable), e.g. logreg:C=0.01,0.1")
+    p.add_argument(
+        "--grid",
+        type=_grid,
+        action="append",
+        default=[],
+        help="a head's grid HEAD:KEY=V1,V2 (repeatable), e.g. logreg:C=0.01,0.1",
+    )
     p.add_argument("--resize", choices=("stretch", "center_crop"), default="stretch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -250,12 +346,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("demo", help="the first thing to run: extract, cache and classify")
-    p.add_argument("--data", default=None,
-                   help="a root with train/ validation/ test/, or a class-per-folder directory "
-                   "(default: scikit-learn's digits)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a root with train/ validation/ test/, or a class-per-folder directory "
+        "(default: scikit-learn's digits)",
+    )
     p.add_argument("--heads", default="logreg,svm,mlp", help="comma-separated heads to compare")
-    p.add_argument("--method", choices=("umap", "pca", "tsne"), default="umap",
-                   help="projection of the report's maps")
+    p.add_argument(
+        "--method",
+        choices=("umap", "pca", "tsne"),
+        default="umap",
+        help="projection of the report's maps",
+    )
     _add_backbone_options(p, default_weights="imagenet")
     return parser
 
@@ -287,7 +390,9 @@ def _extract(args: argparse.Namespace) -> Result:
     )
     to_npz = bool(args.out) and args.out.lower().endswith(".npz")
     embeddings = extractor.extract(
-        args.source, path_column=args.path_column, label_column=args.label_column,
+        args.source,
+        path_column=args.path_column,
+        label_column=args.label_column,
         out=None if to_npz else args.out,
     )
     if to_npz:
@@ -308,21 +413,37 @@ def _extract(args: argparse.Namespace) -> Result:
 
 def _extractor_params(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "weights": args.weights, "input_size": args.size, "pooling": args.pooling,
-        "layer": args.layer, "resize": args.resize, "batch_size": args.batch_size,
-        "cache_dir": args.cache_dir, "seed": args.seed, "verbose": not args.quiet,
+        "weights": args.weights,
+        "input_size": args.size,
+        "pooling": args.pooling,
+        "layer": args.layer,
+        "resize": args.resize,
+        "batch_size": args.batch_size,
+        "cache_dir": args.cache_dir,
+        "seed": args.seed,
+        "verbose": not args.quiet,
     }
 
 
 def _train(args: argparse.Namespace) -> Result:
     from featx.classifier import fit_classifier, save_classifier
 
-    model = fit_classifier(args.source, head=args.head, head_params=dict(args.param),
-                           backbone=args.backbone, **_extractor_params(args))
+    model = fit_classifier(
+        args.source,
+        head=args.head,
+        head_params=dict(args.param),
+        backbone=args.backbone,
+        **_extractor_params(args),
+    )
     save_classifier(model, args.out)
     size = os.path.getsize(args.out)
-    result = {"out": args.out, "bytes": size, "classes": [str(c) for c in model.classes_],
-              "head": args.head, "backbone": args.backbone}
+    result = {
+        "out": args.out,
+        "bytes": size,
+        "classes": [str(c) for c in model.classes_],
+        "head": args.head,
+        "backbone": args.backbone,
+    }
     return result, f"wrote {args.out} ({size / 1e6:.2f} MB, {len(model.classes_)} classes)"
 
 
@@ -331,8 +452,10 @@ def _predict(args: argparse.Namespace) -> Result:
 
     model = load_classifier(args.model)
     tops = predict_top_k(model, args.images, k=args.top)
-    rows = [{"image": image, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
-            for image, top in zip(args.images, tops, strict=True)]
+    rows = [
+        {"image": image, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+        for image, top in zip(args.images, tops, strict=True)
+    ]
     text = "\n".join(
         f"{row['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
         for row in rows
@@ -341,16 +464,27 @@ def _predict(args: argparse.Namespace) -> Result:
 
 
 def _splits(args: argparse.Namespace) -> dict[str, Any]:
-    return {"source": args.source, "train": args.train, "validation": args.validation,
-            "test": args.test, "cv": args.cv}
+    return {
+        "source": args.source,
+        "train": args.train,
+        "validation": args.validation,
+        "test": args.test,
+        "cv": args.cv,
+    }
 
 
 def _evaluate(args: argparse.Namespace) -> Result:
     from featx.evaluation import evaluate
 
-    result = evaluate(**_splits(args), backbone=args.backbone, head=args.head,
-                      tta=args.tta, tta_combine=args.tta_combine, augment=args.augment or None,
-                      **_extractor_params(args))
+    result = evaluate(
+        **_splits(args),
+        backbone=args.backbone,
+        head=args.head,
+        tta=args.tta,
+        tta_combine=args.tta_combine,
+        augment=args.augment or None,
+        **_extractor_params(args),
+    )
     chosen = ", ".join(f"{k}={v}" for k, v in (result.get("chosen_params") or {}).items())
     text = (
         f"{result.get('protocol')}: accuracy {result['accuracy']:.4f}, balanced accuracy "
@@ -366,12 +500,19 @@ def _compare(args: argparse.Namespace) -> Result:
     names = args.backbones.split(",") if args.backbones else [args.backbone]
     params = _extractor_params(args)
     layer = params.pop("layer")  # a per-backbone setting in compare's entries
-    entries = [{"backbone": n.strip(), "layer": layer} if layer else n.strip()
-               for n in names if n.strip()]
-    table = compare(**_splits(args), backbones=entries,
-                    heads=[h.strip() for h in args.heads.split(",") if h.strip()],
-                    baselines=not args.no_baselines, tta=args.tta,
-                    tta_combine=args.tta_combine, augment=args.augment or None, **params)
+    entries = [
+        {"backbone": n.strip(), "layer": layer} if layer else n.strip() for n in names if n.strip()
+    ]
+    table = compare(
+        **_splits(args),
+        backbones=entries,
+        heads=[h.strip() for h in args.heads.split(",") if h.strip()],
+        baselines=not args.no_baselines,
+        tta=args.tta,
+        tta_combine=args.tta_combine,
+        augment=args.augment or None,
+        **params,
+    )
     if args.csv:
         table.to_csv(args.csv, index=False)
     records = json.loads(table.to_json(orient="records"))
@@ -390,19 +531,31 @@ def _report(args: argparse.Namespace) -> Result:
         layers = [None if n.strip() == "last" else n.strip() for n in args.layers.split(",")]
     heads = [h.strip() for h in args.heads.split(",") if h.strip() and h.strip() != "none"]
     result = report(
-        args.source, backbones=entries, layers=layers, method=args.method, out=args.out,
-        png=args.png, svg=args.svg, heads=heads,
+        args.source,
+        backbones=entries,
+        layers=layers,
+        method=args.method,
+        out=args.out,
+        png=args.png,
+        svg=args.svg,
+        heads=heads,
         comparison=load_comparison(args.compare) if args.compare else None,
         tuning=load_tuning(args.tune) if args.tune else None,
-        cv=args.cv, k=args.k, thumbnails=not args.no_thumbnails, title=args.title,
-        max_points=args.max_points or None, **params,
+        cv=args.cv,
+        k=args.k,
+        thumbnails=not args.no_thumbnails,
+        title=args.title,
+        max_points=args.max_points or None,
+        **params,
     )
     lines = [f"{'panel':<40}{'k-NN':>7}{'k-NN 2-D':>10}{'silhouette':>12}{'trust':>8}"]
     for panel in result["panels"]:
         m = panel["metrics"]
         silhouette = "-" if m["silhouette"] is None else f"{m['silhouette']:.3f}"
-        lines.append(f"{panel['label'][:39]:<40}{m['knn_accuracy']:>7.3f}"
-                     f"{m['knn_accuracy_2d']:>10.3f}{silhouette:>12}{m['trustworthiness']:>8.3f}")
+        lines.append(
+            f"{panel['label'][:39]:<40}{m['knn_accuracy']:>7.3f}"
+            f"{m['knn_accuracy_2d']:>10.3f}{silhouette:>12}{m['trustworthiness']:>8.3f}"
+        )
     written = [p for p in (result["out"], result["png"], result["svg"]) if p]
     lines.append(f"wrote {', '.join(written)} in {result['seconds']['total']:.1f} s")
     return result, "\n".join(lines)
@@ -421,10 +574,20 @@ def _tune(args: argparse.Namespace) -> Result:
         "augment": [int(v) or None for v in names(args.augment)],
         "head": names(args.heads),
     }
-    found = tune(**_splits(args), backbone=args.backbone, weights=args.weights, space=space,
-                 grids=dict(args.grid) or None, inner_cv=args.inner_cv, resize=args.resize,
-                 cache_dir=args.cache_dir, batch_size=args.batch_size, seed=args.seed,
-                 verbose=False, log=None if args.quiet or args.json else print)
+    found = tune(
+        **_splits(args),
+        backbone=args.backbone,
+        weights=args.weights,
+        space=space,
+        grids=dict(args.grid) or None,
+        inner_cv=args.inner_cv,
+        resize=args.resize,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        verbose=False,
+        log=None if args.quiet or args.json else print,
+    )
     if args.csv:
         found.results.to_csv(args.csv, index=False)
     columns = ["name", "params", "score", "outer_accuracy", "dim", "ms_per_image"]
@@ -515,9 +678,16 @@ def _demo(args: argparse.Namespace) -> Result:
 
 
 _COMMANDS = {
-    "extract": _extract, "train": _train, "predict": _predict, "evaluate": _evaluate,
-    "compare": _compare, "tune": _tune, "report": _report, "backbones": _backbones,
-    "cache": _cache, "demo": _demo,
+    "extract": _extract,
+    "train": _train,
+    "predict": _predict,
+    "evaluate": _evaluate,
+    "compare": _compare,
+    "tune": _tune,
+    "report": _report,
+    "backbones": _backbones,
+    "cache": _cache,
+    "demo": _demo,
 }
 
 

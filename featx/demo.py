@@ -54,8 +54,9 @@ def write_digits(root: str | os.PathLike) -> Path:
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     index = np.arange(len(images))
     train, rest = train_test_split(index, test_size=0.4, stratify=digits.target, random_state=0)
-    validation, test = train_test_split(rest, test_size=0.5, stratify=digits.target[rest],
-                                        random_state=0)
+    validation, test = train_test_split(
+        rest, test_size=0.5, stratify=digits.target[rest], random_state=0
+    )
     tmp = root.with_name(root.name + ".partial")
     for split, rows in (("train", train), ("validation", validation), ("test", test)):
         for i in rows:
@@ -99,8 +100,14 @@ def run_demo(
     source = train if train.is_dir() else Path(data)
 
     def make(w) -> Extractor:
-        return Extractor(backbone, weights=w, input_size=input_size, cache_dir=cache_dir,
-                         verbose=verbose, **extractor_params)
+        return Extractor(
+            backbone,
+            weights=w,
+            input_size=input_size,
+            cache_dir=cache_dir,
+            verbose=verbose,
+            **extractor_params,
+        )
 
     weights_text = "random init" if weights is None else str(weights)
     log(f"featx demo: {backbone} ({weights_text}) on {data_name}")
@@ -109,38 +116,83 @@ def run_demo(
         cold = make(weights).extract(source)
     except WeightsUnavailableError as exc:
         log(f"  {exc}")
-        log("  Showing the baselines only (raw pixels, random weights). For pretrained "
-            "features run: featx demo --weights PATH")
+        log(
+            "  Showing the baselines only (raw pixels, random weights). For pretrained "
+            "features run: featx demo --weights PATH"
+        )
         result["pretrained"] = None
         result["weights_error"] = str(exc)
         backbones: list[Any] = []
     else:
         warm = make(weights).extract(source)
-        log(f"  extract: {len(cold)} images -> {cold.dim}-d in {cold.seconds:.2f} s "
-            f"({cold.cache_misses} computed, {cold.cache_hits} from cache)")
-        log(f"  again:   {len(warm)} images in {warm.seconds:.2f} s "
-            f"({warm.cache_misses} computed, {warm.cache_hits} from cache)")
+        log(
+            f"  extract: {len(cold)} images -> {cold.dim}-d in {cold.seconds:.2f} s "
+            f"({cold.cache_misses} computed, {cold.cache_hits} from cache)"
+        )
+        log(
+            f"  again:   {len(warm)} images in {warm.seconds:.2f} s "
+            f"({warm.cache_misses} computed, {warm.cache_hits} from cache)"
+        )
         result["pretrained"] = weights is not None
-        result["extract"] = {"cold": _numbers(cold), "warm": _numbers(warm),
-                             "n_images": len(cold), "dim": cold.dim}
-        backbones = [{"backbone": backbone, "weights": weights, "input_size": input_size,
-                      "label": f"{backbone} ({weights_text})", **extractor_params}]
+        result["extract"] = {
+            "cold": _numbers(cold),
+            "warm": _numbers(warm),
+            "n_images": len(cold),
+            "dim": cold.dim,
+        }
+        backbones = [
+            {
+                "backbone": backbone,
+                "weights": weights,
+                "input_size": input_size,
+                "label": f"{backbone} ({weights_text})",
+                **extractor_params,
+            }
+        ]
     if weights is not None or not backbones:
-        backbones.append({"backbone": backbone, "weights": None, "input_size": input_size,
-                          "label": f"{backbone} (random weights)", **extractor_params})
+        backbones.append(
+            {
+                "backbone": backbone,
+                "weights": None,
+                "input_size": input_size,
+                "label": f"{backbone} (random weights)",
+                **extractor_params,
+            }
+        )
     backbones.append({"backbone": RawPixels(16), "label": "raw pixels 16x16"})
 
-    table = compare(data, backbones=backbones, heads=heads, baselines=False,
-                    grids={h: DEMO_GRIDS[h] for h in heads if h in DEMO_GRIDS},
-                    cache_dir=cache_dir, verbose=verbose)
-    columns = [c for c in ("backbone", "head", "accuracy", "balanced_accuracy", "macro_f1",
-                           "ms_per_image", "dim", "fit_seconds") if c in table.columns]
+    table = compare(
+        data,
+        backbones=backbones,
+        heads=heads,
+        baselines=False,
+        grids={h: DEMO_GRIDS[h] for h in heads if h in DEMO_GRIDS},
+        cache_dir=cache_dir,
+        verbose=verbose,
+    )
+    columns = [
+        c
+        for c in (
+            "backbone",
+            "head",
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+            "ms_per_image",
+            "dim",
+            "fit_seconds",
+        )
+        if c in table.columns
+    ]
     log("")
     log(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     best = table.loc[table["accuracy"].idxmax()]
     result["rows"] = table[columns].to_dict(orient="records")
-    result["best"] = {"backbone": str(best["backbone"]), "head": str(best["head"]),
-                      "accuracy": float(best["accuracy"])}
+    result["best"] = {
+        "backbone": str(best["backbone"]),
+        "head": str(best["head"]),
+        "accuracy": float(best["accuracy"]),
+    }
     result["summary"] = (
         f"best: {best['backbone']} + {best['head']}, test accuracy {best['accuracy']:.3f} "
         f"({len(table)} configurations compared)"
@@ -149,17 +201,27 @@ def run_demo(
     # See: each representation's map and separation, with the comparison beneath.
     from featx.reporting import report
 
-    pages = report(data, backbones=backbones, comparison=table, method=method,
-                   out=cache_root / "demo-report.html", png=cache_root / "demo-report.png",
-                   title=f"featx demo: {data_name}", cache_dir=cache_dir, verbose=verbose)
+    pages = report(
+        data,
+        backbones=backbones,
+        comparison=table,
+        method=method,
+        out=cache_root / "demo-report.html",
+        png=cache_root / "demo-report.png",
+        title=f"featx demo: {data_name}",
+        cache_dir=cache_dir,
+        verbose=verbose,
+    )
     result["report"] = {"html": str(pages["out"]), "png": str(pages["png"]),
                         "panels": [{"label": p["label"], **{k: p["metrics"][k] for k in (
                             "knn_accuracy", "silhouette", "trustworthiness")}}
                                    for p in pages["panels"]]}  # fmt: skip
     log("")
     for panel in result["report"]["panels"]:
-        log(f"  {panel['label']:<36} k-NN {panel['knn_accuracy']:.3f}  "
-            f"silhouette {panel['silhouette']:.3f}")
+        log(
+            f"  {panel['label']:<36} k-NN {panel['knn_accuracy']:.3f}  "
+            f"silhouette {panel['silhouette']:.3f}"
+        )
     log(f"report: {pages['out']} (figure: {pages['png']})")
     result["summary"] += f"; report: {pages['out']}"
     return result
@@ -167,5 +229,4 @@ def run_demo(
 
 def _numbers(embeddings) -> dict[str, Any]:
     summary = embeddings.summary()
-    return {k: summary[k] for k in ("seconds", "images_per_second", "cache_misses",
-                                    "cache_hits")}
+    return {k: summary[k] for k in ("seconds", "images_per_second", "cache_misses", "cache_hits")}

@@ -253,5 +253,6 @@ def test_custom_model_loads_a_weights_file(tmp_path):
     trained.save_weights(path)
     backbone = resolve_backbone(_small_model(seed=9), weights=path)
     batch = _batch((24, 24))
-    np.testing.assert_allclose(backbone.embed(batch), resolve_backbone(trained).embed(batch),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        backbone.embed(batch), resolve_backbone(trained).embed(batch), rtol=1e-6
+    )

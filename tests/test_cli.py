@@ -82,8 +82,19 @@ def test_cache_info_and_clear(image_folder, tmp_path, capsys):
     assert _run_json(capsys, ["cache", "info", "--cache-dir", cache, "--json"])["n_vectors"] == 0
 
 
-DEMO = ["demo", "--backbone", "VGG16", "--size", "32", "--heads", "logreg", "--method", "pca",
-        "--quiet", "--json"]
+DEMO = [
+    "demo",
+    "--backbone",
+    "VGG16",
+    "--size",
+    "32",
+    "--heads",
+    "logreg",
+    "--method",
+    "pca",
+    "--quiet",
+    "--json",
+]
 
 
 def test_demo_compares_the_backbone_with_both_baselines(tmp_path, capsys):

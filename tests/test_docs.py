@@ -41,9 +41,10 @@ def test_cache_folder_has_its_readme():
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
-def test_ruff_is_clean():
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_is_clean(command):
     done = subprocess.run(
-        ["ruff", "check", "featx", "tests", "benchmarks", "examples"],
+        ["ruff", *command, "featx", "tests", "benchmarks", "examples"],
         cwd=ROOT,
         capture_output=True,
         text=True,
