@@ -9,7 +9,10 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from featx.sources import resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,14 +44,8 @@ def arguments(doc: str) -> argparse.Namespace:
 
 def photos(folder: Path, per_class: int | None, seed: int = 0) -> pd.DataFrame:
     """A class-per-folder tree as a ``path``/``label`` table, optionally sampled per class."""
-    rows = [
-        {"path": str(p), "label": p.parent.name}
-        for p in sorted(folder.glob("*/*"))
-        if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
-    ]
-    if not rows:
-        raise SystemExit(f"No photos in {folder}: expected <class>/<image> files.")
-    table = pd.DataFrame(rows)
+    found = resolve_source(folder)  # featx's own listing: the files extract() would read
+    table = pd.DataFrame({"path": found.inputs, "label": np.asarray(found.classes)[found.y]})
     if per_class is not None:
         shuffled = table.sample(frac=1.0, random_state=seed)
         table = shuffled.groupby("label").head(per_class).sort_index().reset_index(drop=True)

@@ -828,13 +828,8 @@ def _entry(backbone: str | Mapping[str, Any] | Backbone, defaults: dict[str, Any
         # A list of backbones is one entry: their embeddings concatenated.
         text = " + ".join(_name_label(name, params["weights"]) for name in names)
         return _Entry(label or text, params)
-    if isinstance(backbone, (str, os.PathLike)):
-        return _Entry(
-            _name_label(backbone, defaults["weights"]), {"backbone": backbone, **defaults}
-        )
-    # A keras.Model: it keeps its own weights.
-    params = {"backbone": backbone, **defaults, "weights": "imagenet"}
-    return _Entry(_name_label(backbone, "imagenet"), params)
+    # A name, a model file or a keras.Model: the same as an entry holding only it.
+    return _entry({"backbone": backbone}, defaults)
 
 
 def _baselines(first: _Entry, defaults: dict[str, Any]) -> list[_Entry]:
