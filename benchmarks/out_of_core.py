@@ -14,10 +14,10 @@ Three steps, each in a fresh Python process so that each has its own peak reside
    writes (one shard per batch of 32 by default). Content keys are hashes of the row
    number, as extraction's are hashes of image bytes.
 2. **read**: the vectors of all ``n`` keys assembled from the cache into a ``.npy`` file
-   (``EmbeddingCache.read_into`` filling a ``featx.outofcore.NpyRowWriter``: the path
+   (``EmbeddingCache.read_into`` filling a ``featx.embeddings.NpyRowWriter``: the path
    ``Extractor.extract(..., out=FOLDER)`` takes for cache hits), then opened with
    ``np.load(mmap_mode="r")``; a sample of rows is checked against the generator.
-3. **train**: ``featx.heads.fit_out_of_core`` on the memory-mapped array (StandardScaler
+3. **train**: ``featx.outofcore.fit_out_of_core`` on the memory-mapped array (StandardScaler
    pass + ``--epochs`` SGD epochs, 10% held out), and its validation accuracy.
 
 Each step prints its wall time and peak RSS next to the size of the whole array. The
@@ -82,7 +82,7 @@ def step_write(args) -> dict:
 
 def step_read(args) -> dict:
     from featx.cache import EmbeddingCache
-    from featx.outofcore import NpyRowWriter
+    from featx.embeddings import NpyRowWriter
 
     start = time.perf_counter()
     keys = keys_of(0, args.n)
@@ -113,7 +113,7 @@ def step_read(args) -> dict:
 
 
 def step_train(args) -> dict:
-    from featx.heads import fit_out_of_core
+    from featx.outofcore import fit_out_of_core
 
     X = np.load(args.dir / "X.npy", mmap_mode="r")
     fit = fit_out_of_core(X, labels(args.n), epochs=args.epochs, seed=0)

@@ -50,8 +50,8 @@ def _spread(paths: list[str], n: int) -> list[str]:
 
 
 def _stages(paths: list[str], size: int) -> dict:
+    from featx._pipeline import content_key as _content_key
     from featx.backbones import resolve_backbone
-    from featx.extract import _content_key
     from featx.images import decode
 
     contents = []

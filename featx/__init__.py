@@ -17,7 +17,8 @@ Examples
 """
 
 from featx.backbones import Backbone, list_backbones
-from featx.extract import Embeddings, Extractor
+from featx.embeddings import Embeddings
+from featx.extract import Extractor
 from featx.images import DecodeError
 
 __version__ = "0.1.0"

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from featx.config import as_size
+
 __all__ = [
     "PRECISIONS",
     "Backbone",
@@ -221,18 +223,6 @@ def _callable_identity(fn: Callable[..., Any]) -> str:
     return f"{name}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"
 
 
-def _as_size(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(input_size, (int, np.integer)):
-        return int(input_size), int(input_size)
-    size = tuple(int(s) for s in input_size)
-    if len(size) != 2:
-        raise ValueError(
-            f"input_size={input_size!r} is not understood. Expected an int (square) or "
-            "(height, width)."
-        )
-    return size  # type: ignore[return-value]
-
-
 class Backbone:
     """What the extractor needs from a network.
 
@@ -246,6 +236,11 @@ class Backbone:
     name: str = "backbone"
     input_size: tuple[int, int]
     dim: int
+
+    @property
+    def label(self) -> str:
+        """How tables and reports name this backbone (its ``name`` unless overridden)."""
+        return str(self.name)
 
     def identity(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -277,6 +272,10 @@ class RawPixels(Backbone):
         self.size = int(size)
         self.input_size = (self.size, self.size)
         self.dim = self.size * self.size * 3
+
+    @property
+    def label(self) -> str:
+        return f"raw pixels {self.size}x{self.size}"
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -379,7 +378,7 @@ class KerasBackbone(Backbone):
             )
         self._spec = spec
         self.name = spec.name
-        self.input_size = _as_size(input_size or spec.default_size)
+        self.input_size = as_size(input_size or spec.default_size)
         if min(self.input_size) < spec.min_size:
             raise ValueError(
                 f"input_size={self.input_size} is too small for {spec.name}: it needs at least "
@@ -454,7 +453,7 @@ class KerasBackbone(Backbone):
                     "pass input_size= to choose one."
                 )
             input_size = shape
-        self.input_size = _as_size(input_size)
+        self.input_size = as_size(input_size)
 
     def _finish(self, base):
         """Freeze, load custom weights, and cut at ``layer``."""

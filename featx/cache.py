@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CACHE_FORMAT", "EmbeddingCache", "default_cache_dir"]
+__all__ = ["CACHE_FORMAT", "EmbeddingCache", "default_cache_dir", "resolve_cache_dir"]
 
 CACHE_FORMAT = 1
 _SCHEMA = """
@@ -79,6 +79,23 @@ def default_cache_dir() -> str:
     return os.environ.get("FEATX_CACHE_DIR") or "cache"
 
 
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
+    """What every ``cache_dir=`` option means: ``"auto"`` is :func:`default_cache_dir`,
+    ``None`` (or the text ``"none"``) disables caching, anything else is a folder.
+
+    Examples
+    --------
+    >>> from featx.cache import resolve_cache_dir
+    >>> resolve_cache_dir(None), resolve_cache_dir("none"), resolve_cache_dir("/tmp/c")
+    (None, None, PosixPath('/tmp/c'))
+    """
+    if cache_dir is None or (isinstance(cache_dir, str) and cache_dir.lower() == "none"):
+        return None
+    if isinstance(cache_dir, str) and cache_dir == "auto":
+        return Path(default_cache_dir())
+    return Path(cache_dir)
+
+
 def _checksum(array: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
 
@@ -107,9 +124,10 @@ class EmbeddingCache:
 
     Parameters
     ----------
-    location : path or None
-        The cache directory; ``None`` disables caching (every lookup misses, writes
-        are dropped). A directory that cannot be written disables it with a warning.
+    location : path, "auto" or None
+        The cache directory (``"auto"``: :func:`default_cache_dir`); ``None`` disables
+        caching (every lookup misses, writes are dropped). A directory that cannot be
+        written disables it with a warning.
 
     Examples
     --------
@@ -123,8 +141,8 @@ class EmbeddingCache:
     """
 
     def __init__(self, location: str | os.PathLike | None) -> None:
-        self.location = None if location is None else Path(location)
-        self.root = None if location is None else self.location / f"featx-v{CACHE_FORMAT}"
+        self.location = resolve_cache_dir(location)
+        self.root = None if self.location is None else self.location / f"featx-v{CACHE_FORMAT}"
         self._local = threading.local()
         self._unusable: str | None = None  # why a given location could not be used
         if self.root is not None:
@@ -173,7 +191,7 @@ class EmbeddingCache:
         """Write the cached vector of ``keys[i]`` into ``out[i]``; return which were found.
 
         ``out`` is anything of shape ``(len(keys), dim)`` that takes ``out[rows] = vectors``
-        with an integer array ``rows``: an array, or a :class:`~featx.outofcore.NpyRowWriter`
+        with an integer array ``rows``: an array, or a :class:`~featx.embeddings.NpyRowWriter`
         filling a file larger than memory. Rows of keys not found are left untouched.
         Each shard file is read once, whatever the order of ``keys``, and memory holds one
         shard at a time besides the key lookup tables (about 200 bytes a key).
@@ -296,7 +314,11 @@ class EmbeddingCache:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[0] != len(keys):
-            raise ValueError(f"{len(keys)} keys for {vectors.shape[0]} vectors")
+            raise ValueError(
+                f"EmbeddingCache.put got {len(keys)} content keys but {vectors.shape[0]} "
+                f"vectors (array of shape {vectors.shape}); it stores vectors[i] under "
+                "keys[i], so pass one key per row of vectors."
+            )
         shard = uuid.uuid4().hex
         folder = self.root / "shards" / fingerprint[:16]
         folder.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ from featx.augment import (
     view_label,
 )
 from featx.backbones import Backbone, resolve_backbone
-from featx.extract import Embeddings, Extractor
+from featx.embeddings import Embeddings
+from featx.extract import Extractor
 
 __all__ = ["CombinedExtractor", "expand_members"]
 

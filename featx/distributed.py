@@ -35,23 +35,29 @@ import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from featx._pipeline import CacheWriter, ComputeTask, Decoding, progress, quote, read_file
 from featx.images import DecodeError
+from featx.sources import ImageSet
 
-if TYPE_CHECKING:
-    from featx.extract import Extractor
-    from featx.sources import ImageSet
-
-__all__ = ["ENGINES", "check_engine_options"]
+__all__ = ["ENGINES", "RayOptions", "check_engine_options", "compute_on_ray"]
 
 ENGINES = ("local", "ray")
 # The driver stores vectors in shards of at least this many, or at least this often.
 WRITE_EVERY = 1024
 WRITE_SECONDS = 5.0
 _ADDRESS = re.compile(r"^(auto|local|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
+
+
+class RayOptions(NamedTuple):
+    """The Ray engine's resources: copies of the network, and what each one holds."""
+
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
 
 
 def check_engine_options(
@@ -85,7 +91,8 @@ def check_engine_options(
 
 
 def compute_on_ray(
-    extractor: Extractor,
+    task: ComputeTask,
+    options: RayOptions,
     images: ImageSet,
     ok: np.ndarray,
     todo: dict[str, list[int]],
@@ -93,9 +100,9 @@ def compute_on_ray(
     on_error: str,
     address: str | None,
 ) -> list[tuple[str, str, list[int]]]:
-    """The Ray engine's version of ``Extractor._compute``: same arguments, same result."""
-    from featx.extract import _CacheWriter, _progress, _quote
-
+    """Compute ``todo`` (content key -> rows of ``X``) on Ray, into ``X``; the cache is
+    written by this process. Returns the inputs that failed, as (name, reason, rows):
+    the local engine's result, bit for bit."""
     if not images.are_files:
         raise ValueError(
             "engine='ray' reads image files on the cluster's workers; this source holds "
@@ -105,10 +112,10 @@ def compute_on_ray(
     ray = _connect(address)
     jobs = list(todo.items())
     paths = [images.inputs[int(ok[rows[0]])] for _, rows in jobs]
-    dataset = _dataset(ray, paths, extractor)
+    dataset = _dataset(ray, paths, task, options)
     started = time.perf_counter()
-    writer = _CacheWriter(extractor.cache, extractor.fingerprint)
-    progress = _progress(len(jobs), f"{extractor.backbone.name} on Ray", extractor.verbose)
+    writer = CacheWriter(task.cache, task.fingerprint)
+    bar = progress(len(jobs), f"{task.backbone.name} on Ray", task.verbose)
     failures: list[tuple[str, str, list[int]]] = []
     done = np.zeros(len(jobs), dtype=bool)
     keys: list[str] = []
@@ -136,12 +143,12 @@ def compute_on_ray(
             if keys and (len(keys) >= WRITE_EVERY or due):
                 writer.put(keys, np.stack(vectors))
                 keys, vectors, flushed = [], [], time.monotonic()
-            progress.update(len(batch["job"]))
+            bar.update(len(batch["job"]))
             if on_error == "raise" and failures:
                 break
         if on_error == "raise" and failures:
             name, reason, _ = min(failures, key=lambda f: f[2][0])
-            raise DecodeError(_quote(name), reason)
+            raise DecodeError(quote(name), reason)
         if not done.all():
             raise RuntimeError(
                 f"The Ray run returned {int(done.sum())} of {len(jobs)} images without an "
@@ -150,10 +157,10 @@ def compute_on_ray(
     finally:
         if keys:  # what was computed is kept, even when the run stops on an error
             writer.put(keys, np.stack(vectors))
-        progress.close()
+        bar.close()
         writer.close()
-    extractor.cache.record_cost(
-        extractor.fingerprint, len(jobs) - len(failures), time.perf_counter() - started
+    task.cache.record_cost(
+        task.fingerprint, len(jobs) - len(failures), time.perf_counter() - started
     )
     return failures
 
@@ -215,28 +222,26 @@ def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
         ) from None
 
 
-def _dataset(ray, paths: list[str], extractor: Extractor):
+def _dataset(ray, paths: list[str], task: ComputeTask, options: RayOptions):
     import pyarrow as pa
 
-    batch_size = extractor.batch_size
+    batch_size = task.batch_size
     table = pa.table({"job": np.arange(len(paths), dtype=np.int64), "path": paths})
     # One block per batch: a dead worker costs one batch's recomputation, no more.
     blocks = max(1, -(-len(paths) // batch_size))
-    actors = extractor.ray_actors or _default_actors(ray, extractor.ray_cpus_per_actor)
+    actors = options.actors or _default_actors(ray, options.cpus_per_actor)
     return ray.data.from_arrow(table, override_num_blocks=blocks).map_batches(
         _EmbedActor,
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=extractor.ray_cpus_per_actor,
-        num_gpus=extractor.ray_gpus_per_actor,
+        num_cpus=options.cpus_per_actor,
+        num_gpus=options.gpus_per_actor,
         fn_constructor_kwargs={
-            "backbone": extractor.backbone,
-            "resize": extractor.resize,
-            "background": extractor.background,
-            "view": extractor.view,
+            "backbone": task.backbone,
+            "decoding": task.decoding,
             "batch_size": batch_size,
-            "threads": max(1, int(extractor.ray_cpus_per_actor)),
+            "threads": max(1, int(options.cpus_per_actor)),
         },
     )
 
@@ -250,33 +255,16 @@ def _default_actors(ray, cpus_per_actor: float) -> int:
 class _EmbedActor:
     """One copy of the network on a Ray worker: file paths in, vectors (or reasons) out."""
 
-    def __init__(
-        self,
-        backbone: Any,
-        resize: str,
-        background: tuple[int, int, int],
-        view: Any,
-        batch_size: int,
-        threads: int,
-    ) -> None:
+    def __init__(self, backbone: Any, decoding: Decoding, batch_size: int, threads: int) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.backbone, self.resize, self.background, self.view = backbone, resize, background, view
+        self.backbone, self.decoding = backbone, decoding
         self.batch_size = batch_size
         self.backbone.prepare((batch_size, *backbone.input_size, 3))
         self.pool = ThreadPoolExecutor(threads)
 
     def _decode(self, path: str) -> tuple[str, np.ndarray | None, str]:
-        from featx.extract import _decode_input, _read_file
-
         try:
-            key, pixels = _decode_input(
-                _read_file(path),
-                path,
-                self.backbone.input_size,
-                self.resize,
-                self.background,
-                self.view,
-            )
+            key, pixels = self.decoding.decode(read_file(path), path)
             return key, pixels, ""
         except DecodeError as exc:
             return "", None, exc.reason

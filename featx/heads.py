@@ -21,32 +21,23 @@ from __future__ import annotations
 
 import difflib
 import numbers
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import SVC, LinearSVC
 
 __all__ = [
     "HEADS",
+    "HEAD_KINDS",
     "NORMALIZATIONS",
-    "OutOfCoreFit",
+    "HeadKind",
     "default_grid",
-    "fit_out_of_core",
+    "grid_key",
     "make_head",
     "resolve_grid",
 ]
 
-HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
 NORMALIZATIONS = (None, "l2")
 
 # The SVMs get probabilities from Platt scaling over 3 folds, as an ensemble: one SVM per
@@ -56,45 +47,67 @@ NORMALIZATIONS = (None, "l2")
 # (0.836 vs 0.833 test accuracy at C=10; a single SVM refitted on all the data: 0.817).
 _CALIBRATION_FOLDS = 3
 
-_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "logreg": {"clf__C": [0.001, 0.01, 0.1, 1.0, 10.0]},
-    # Small C underfits an RBF SVM on embeddings (clothing10 validation accuracy: 0.58 at
-    # C=0.1, 0.81 at C=10), so the grid starts at 0.1 and reaches larger C instead.
-    "svm": {"clf__estimator__C": [0.1, 1.0, 10.0, 100.0]},
-    # Standardised embeddings with more dimensions than images per class want a strongly
-    # regularised linear SVM (clothing10 validation accuracy: 0.84 at C=1e-3, 0.79 at
-    # C=0.1, 0.73 at C=1), and liblinear needs 10-100x longer at C >= 0.1.
-    "linear-svm": {"clf__estimator__C": [0.0001, 0.001, 0.01, 0.1]},
-    "mlp": {"clf__alpha": [1e-4, 1e-3, 1e-2]},
-    "sgd": {"clf__alpha": [1e-5, 1e-4, 1e-3]},
-}
+
+@dataclass(frozen=True)
+class HeadKind:
+    """One row of the head table: everything featx knows about a kind of head.
+
+    Attributes
+    ----------
+    name : str
+        The kind, as ``make_head``, ``--head`` and ``compare(heads=...)`` take it.
+    help : str
+        One line: what the classifier is and how featx configures it.
+    build : callable
+        ``build()`` returns ``(clf, configured)``: the pipeline's ``"clf"`` step and the
+        estimator inside it that ``make_head(**params)`` configures (they differ for a
+        calibrated SVM). It imports scikit-learn itself, so the table does not.
+    grid : mapping
+        The default search, by bare parameter name, e.g. ``{"C": (0.1, 1.0)}``.
+    prefix : str
+        Where ``configured`` sits in the pipeline: ``"clf__"`` or ``"clf__estimator__"``.
+    """
+
+    name: str
+    help: str
+    build: Callable[[], tuple[Any, Any]]
+    grid: Mapping[str, tuple[Any, ...]]
+    prefix: str = "clf__"
 
 
-def _classifier(kind: str) -> tuple[BaseEstimator, BaseEstimator]:
-    """The ``clf`` step of ``kind``, and the estimator inside it that ``**params`` configure."""
-    if kind == "logreg":
-        # lbfgs on standardised 1000-2000-d features needs more than the default 100
-        # iterations to converge at large C.
-        clf = LogisticRegression(C=1.0, max_iter=3000)
-        return clf, clf
-    if kind == "svm":
-        # SVC(probability=True) is deprecated in scikit-learn 1.9; calibration is its
-        # replacement, and its predict agrees with predict_proba (libsvm's did not always).
-        svc = SVC(kernel="rbf", C=1.0, gamma="scale", random_state=0)
-        return _calibrated(svc), svc
-    if kind == "linear-svm":
-        # LinearSVC (liblinear) rather than SVC(kernel="linear") (libsvm): the kernel
-        # solver scales with n_samples**2 and converges slowly on thousands of 1280-d
-        # embeddings, once per calibration fold. dual=True: at the small C embeddings want
-        # it converges several times faster than the primal solver "auto" picks when
-        # there are more images than dimensions.
-        svc = LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0)
-        return _calibrated(svc), svc
-    if kind == "sgd":
-        # Logistic regression by stochastic gradient descent: what fit_out_of_core trains a
-        # chunk at a time, here fitted in memory.
-        clf = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
-        return clf, clf
+def _logreg():
+    from sklearn.linear_model import LogisticRegression
+
+    # lbfgs on standardised 1000-2000-d features needs more than the default 100
+    # iterations to converge at large C.
+    clf = LogisticRegression(C=1.0, max_iter=3000)
+    return clf, clf
+
+
+def _svm():
+    from sklearn.svm import SVC
+
+    # SVC(probability=True) is deprecated in scikit-learn 1.9; calibration is its
+    # replacement, and its predict agrees with predict_proba (libsvm's did not always).
+    svc = SVC(kernel="rbf", C=1.0, gamma="scale", random_state=0)
+    return _calibrated(svc), svc
+
+
+def _linear_svm():
+    from sklearn.svm import LinearSVC
+
+    # LinearSVC (liblinear) rather than SVC(kernel="linear") (libsvm): the kernel solver
+    # scales with n_samples**2 and converges slowly on thousands of 1280-d embeddings, once
+    # per calibration fold. dual=True: at the small C embeddings want it converges several
+    # times faster than the primal solver "auto" picks when there are more images than
+    # dimensions.
+    svc = LinearSVC(C=1.0, dual=True, max_iter=5000, random_state=0)
+    return _calibrated(svc), svc
+
+
+def _mlp():
+    from sklearn.neural_network import MLPClassifier
+
     clf = MLPClassifier(
         hidden_layer_sizes=(256,),
         alpha=1e-4,
@@ -106,8 +119,101 @@ def _classifier(kind: str) -> tuple[BaseEstimator, BaseEstimator]:
     return clf, clf
 
 
-def _calibrated(estimator: BaseEstimator) -> CalibratedClassifierCV:
+def _sgd():
+    from sklearn.linear_model import SGDClassifier
+
+    # Logistic regression by stochastic gradient descent: what featx.outofcore's
+    # fit_out_of_core trains a chunk at a time, here fitted in memory.
+    clf = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
+    return clf, clf
+
+
+def _knn():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    # Cosine distance, as the separation metrics use: the direction of an embedding
+    # carries the class, its length mostly the image's contrast. Distance weighting lets
+    # the closest images count most, and keeps predict_proba informative.
+    clf = KNeighborsClassifier(n_neighbors=10, metric="cosine", weights="distance")
+    return clf, clf
+
+
+def _calibrated(estimator: Any) -> Any:
+    from sklearn.calibration import CalibratedClassifierCV
+
     return CalibratedClassifierCV(estimator, method="sigmoid", cv=_CALIBRATION_FOLDS, ensemble=True)
+
+
+# The one list of heads: make_head, default_grid, resolve_grid, the CLI's --head choices
+# and --grid prefixes, `featx heads`, and every error message read it. Adding a head is
+# adding a row.
+HEAD_KINDS: dict[str, HeadKind] = {
+    kind.name: kind
+    for kind in [
+        HeadKind(
+            "logreg",
+            "LogisticRegression(C=1.0, max_iter=3000) on standardised embeddings.",
+            _logreg,
+            {"C": (0.001, 0.01, 0.1, 1.0, 10.0)},
+        ),
+        HeadKind(
+            "svm",
+            "RBF SVC(C=1.0, gamma='scale'), calibrated (Platt scaling, an ensemble of 3 "
+            "cross-fitted SVMs).",
+            _svm,
+            # Small C underfits an RBF SVM on embeddings (clothing10 validation accuracy:
+            # 0.58 at C=0.1, 0.81 at C=10), so the grid starts at 0.1 and reaches larger C.
+            {"C": (0.1, 1.0, 10.0, 100.0)},
+            prefix="clf__estimator__",
+        ),
+        HeadKind(
+            "linear-svm",
+            "LinearSVC(C=1.0), calibrated the same way as the SVM.",
+            _linear_svm,
+            # Standardised embeddings with more dimensions than images per class want a
+            # strongly regularised linear SVM (clothing10 validation accuracy: 0.84 at
+            # C=1e-3, 0.79 at C=0.1, 0.73 at C=1), and liblinear needs 10-100x longer at
+            # C >= 0.1.
+            {"C": (0.0001, 0.001, 0.01, 0.1)},
+            prefix="clf__estimator__",
+        ),
+        HeadKind(
+            "mlp",
+            "MLPClassifier with one hidden layer of 256 units, early stopping on 10% of the "
+            "training data, at most 300 epochs.",
+            _mlp,
+            {"alpha": (1e-4, 1e-3, 1e-2)},
+        ),
+        HeadKind(
+            "sgd",
+            "SGDClassifier(loss='log_loss', alpha=1e-4): logistic regression by stochastic "
+            "gradient descent, the head featx.outofcore.fit_out_of_core trains on sets "
+            "larger than memory.",
+            _sgd,
+            {"alpha": (1e-5, 1e-4, 1e-3)},
+        ),
+        HeadKind(
+            "knn",
+            "KNeighborsClassifier(n_neighbors=10, metric='cosine', weights='distance'): "
+            "the nearest training images vote.",
+            _knn,
+            {"n_neighbors": (5, 10, 20)},
+        ),
+    ]
+}
+HEADS: tuple[str, ...] = tuple(HEAD_KINDS)
+
+
+def grid_key(kind: str, name: str) -> str:
+    """The pipeline parameter that the bare name ``name`` means for ``kind``.
+
+    Examples
+    --------
+    >>> from featx.heads import grid_key
+    >>> grid_key("svm", "C"), grid_key("logreg", "C"), grid_key("mlp", "scale__with_mean")
+    ('clf__estimator__C', 'clf__C', 'scale__with_mean')
+    """
+    return name if "__" in name else _check_kind(kind).prefix + name
 
 
 def make_head(
@@ -116,21 +222,15 @@ def make_head(
     normalize: str | None = None,
     pca: int | float | None = None,
     **params: Any,
-) -> Pipeline:
+) -> Any:
     """A scikit-learn pipeline that classifies embeddings, with defaults chosen for them.
 
     Parameters
     ----------
-    kind : {"logreg", "svm", "linear-svm", "mlp", "sgd"}, default "logreg"
-        ``"logreg"``: ``LogisticRegression(C=1.0, max_iter=3000)``.
-        ``"svm"``: ``SVC(kernel="rbf", C=1.0)``, calibrated (Platt scaling, an ensemble of
-        3 cross-fitted SVMs).
-        ``"linear-svm"``: ``LinearSVC(C=1.0)``, calibrated the same way.
-        ``"mlp"``: ``MLPClassifier`` with one hidden layer of 256 units, early stopping on
-        10% of the training data, at most 300 epochs.
-        ``"sgd"``: ``SGDClassifier(loss="log_loss", alpha=1e-4)``, logistic regression by
-        stochastic gradient descent; :func:`fit_out_of_core` trains the same head on data
-        larger than memory.
+    kind : str, default "logreg"
+        A row of :data:`HEAD_KINDS` (``featx heads`` lists them):
+
+{kinds}
     normalize : {None, "l2"}, default None
         ``"l2"`` scales each embedding to unit length before standardising (cosine geometry).
     pca : int or float, optional
@@ -168,12 +268,17 @@ def make_head(
     >>> head.predict_proba(X[:2]).shape
     (2, 3)
     """
-    kind = _check_kind(kind)
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    head = _check_kind(kind)
+    kind = head.name
     if normalize not in NORMALIZATIONS:
         raise ValueError(
             f"normalize={normalize!r} is not supported. Expected one of {NORMALIZATIONS}."
         )
-    clf, configured = _classifier(kind)
+    clf, configured = head.build()
     if params:
         valid = sorted(configured.get_params(deep=False))
         unknown = [name for name in params if name not in valid]
@@ -202,9 +307,10 @@ def make_head(
 def default_grid(kind: str) -> dict[str, list[Any]]:
     """The hyperparameters worth searching for ``kind``, keyed as pipeline parameters.
 
-    Regularisation strength only: ``C`` for the linear models and SVMs (wide, because
-    standardised embeddings with more dimensions than images often want strong
-    regularisation), ``alpha`` for the MLP.
+    The kind's row of :data:`HEAD_KINDS`: regularisation strength (``C`` for the linear
+    models and SVMs, wide, because standardised embeddings with more dimensions than
+    images often want strong regularisation; ``alpha`` for the MLP and SGD), or the
+    number of neighbours for k-NN.
 
     Examples
     --------
@@ -214,7 +320,8 @@ def default_grid(kind: str) -> dict[str, list[Any]]:
     >>> sorted(default_grid("svm"))
     ['clf__estimator__C']
     """
-    return {name: list(values) for name, values in _GRIDS[_check_kind(kind)].items()}
+    head = _check_kind(kind)
+    return {grid_key(head.name, name): list(values) for name, values in head.grid.items()}
 
 
 def resolve_grid(estimator: Any, grid: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -262,9 +369,9 @@ def _unknown_grid_key(key: str, estimator: Any, valid: set[str]) -> str:
     )
 
 
-def _check_kind(kind: str) -> str:
-    if kind in HEADS:
-        return kind
+def _check_kind(kind: str) -> HeadKind:
+    if isinstance(kind, str) and kind in HEAD_KINDS:
+        return HEAD_KINDS[kind]
     close = difflib.get_close_matches(str(kind).lower(), HEADS, n=2, cutoff=0.4)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(f"Unknown head {kind!r}. Expected one of: {', '.join(HEADS)}.{hint}")
@@ -288,167 +395,8 @@ def _check_pca(pca: int | float) -> int | float:
     return float(pca)
 
 
-@dataclass
-class OutOfCoreFit:
-    """What :func:`fit_out_of_core` returns.
-
-    Attributes
-    ----------
-    head : sklearn.pipeline.Pipeline
-        Fitted; steps ``"l2"`` (if normalising), ``"scale"`` and ``"clf"``
-        (``SGDClassifier(loss="log_loss")``), so it predicts (and ``predict_proba``) like
-        :func:`make_head`'s heads.
-    validation_accuracy : float or None
-        Accuracy on the held-out rows after the last epoch (None without validation).
-    history : list of dict
-        Per epoch: ``epoch``, ``validation_accuracy``, ``seconds``.
-    n_train, n_validation : int
-    seconds : float
-    """
-
-    head: Pipeline
-    validation_accuracy: float | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    n_train: int = 0
-    n_validation: int = 0
-    seconds: float = 0.0
+def _kinds_text() -> str:
+    return "\n".join(f"        ``{k.name!r}``: {k.help}" for k in HEAD_KINDS.values())
 
 
-def fit_out_of_core(
-    X: Any,
-    y: Any,
-    *,
-    classes: Any = None,
-    normalize: str | None = None,
-    epochs: int = 5,
-    chunk_rows: int = 8192,
-    validation: float = 0.1,
-    alpha: float = 1e-4,
-    seed: int = 0,
-) -> OutOfCoreFit:
-    """Train a linear head on embeddings too large for memory, a chunk of rows at a time.
-
-    ``X`` is read only in chunks of ``chunk_rows`` rows (a ``np.memmap`` such as
-    ``Embeddings.load(path, mmap_mode="r").X`` or ``extract(..., out=...)``'s ``X``), so
-    memory holds a few chunks whatever the number of rows:
-
-    1. a seeded stratified ``validation`` fraction of the rows is held out;
-    2. one pass of ``StandardScaler.partial_fit`` over the training rows;
-    3. ``epochs`` passes of ``SGDClassifier(loss="log_loss").partial_fit``, each over the
-       training rows in a new seeded random order (so chunks mix classes even when the
-       rows are sorted by class, as folders are), reading each chunk's rows in file order;
-    4. the validation accuracy after every epoch is recorded.
-
-    Parameters
-    ----------
-    X : array-like of shape (n, dim)
-        Embeddings; a memory-mapped array is never loaded whole.
-    y : array-like of shape (n,)
-        Labels (in memory: 8 bytes a row).
-    classes : array-like, optional
-        Every label there is (default: the distinct values of ``y``); ``y`` may not hold others.
-    normalize : {None, "l2"}, default None
-        Scale each embedding to unit length first (as :func:`make_head`).
-    epochs : int, default 5
-    chunk_rows : int, default 8192
-    validation : float, default 0.1
-        Fraction of rows held out to measure accuracy (0 for none).
-    alpha : float, default 1e-4
-        ``SGDClassifier``'s regularisation.
-    seed : int, default 0
-
-    Returns
-    -------
-    OutOfCoreFit
-        ``.head`` is the fitted pipeline; ``.validation_accuracy`` and ``.history`` say how
-        well it did.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from featx.heads import fit_out_of_core
-    >>> rng = np.random.default_rng(0)
-    >>> y = np.repeat([0, 1, 2], 200)
-    >>> X = rng.normal(size=(600, 16)).astype(np.float32) + 3 * np.eye(16)[y]
-    >>> fit = fit_out_of_core(X, y, epochs=3, chunk_rows=100)
-    >>> fit.validation_accuracy > 0.9, fit.head.predict_proba(X[:2]).shape
-    (True, (2, 3))
-    """
-    from featx.outofcore import check_labelled, iter_chunks
-
-    start = time.perf_counter()
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalize={normalize!r} is not supported. Expected one of {NORMALIZATIONS}."
-        )
-    X, y = check_labelled(X, y)
-    known = np.unique(y) if classes is None else np.asarray(classes)
-    unknown = np.setdiff1d(np.unique(y), known)
-    if len(unknown):
-        raise ValueError(
-            f"y holds labels not in classes=: {unknown[:5].tolist()}. Expected only "
-            f"{known[:10].tolist()}; pass every label in classes=."
-        )
-    if len(known) < 2:
-        raise ValueError(f"A classifier needs at least 2 classes; got {known.tolist()}.")
-    if not 0.0 <= validation < 1.0:
-        raise ValueError(f"validation={validation!r} must be a fraction in [0, 1).")
-    if int(epochs) < 1:
-        raise ValueError(f"epochs={epochs!r} must be at least 1.")
-    rng = np.random.default_rng(seed)
-    train, held_out = _holdout(y, validation, seed)
-    l2 = Normalizer(norm="l2") if normalize == "l2" else None
-
-    def prepared(block: np.ndarray) -> np.ndarray:
-        return block if l2 is None else l2.transform(block)
-
-    scaler = StandardScaler()
-    for _, block in iter_chunks(X, chunk_rows, rows=train):
-        scaler.partial_fit(prepared(block))
-    clf, _ = _classifier("sgd")
-    clf.set_params(alpha=alpha, random_state=seed)
-    steps: list[tuple[str, Any]] = [("l2", l2)] if l2 is not None else []
-    head = Pipeline([*steps, ("scale", scaler), ("clf", clf)])
-    history = []
-    for epoch in range(1, int(epochs) + 1):
-        mark = time.perf_counter()
-        order = rng.permutation(train)
-        for rows, block in iter_chunks(X, chunk_rows, rows=order):
-            clf.partial_fit(scaler.transform(prepared(block)), y[rows], classes=known)
-        accuracy = _accuracy(head, X, y, held_out, chunk_rows)
-        history.append({"epoch": epoch, "validation_accuracy": accuracy,
-                        "seconds": round(time.perf_counter() - mark, 3)})  # fmt: skip
-    return OutOfCoreFit(
-        head=head,
-        validation_accuracy=history[-1]["validation_accuracy"],
-        history=history,
-        n_train=len(train),
-        n_validation=len(held_out),
-        seconds=time.perf_counter() - start,
-    )
-
-
-def _holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified split of row indices into (train, held out), each sorted."""
-    rows = np.arange(len(y))
-    if fraction == 0:
-        return rows, rows[:0]
-    rng = np.random.default_rng(seed)
-    held = [
-        members[rng.permutation(len(members))[: round(fraction * len(members))]]
-        for members in (np.flatnonzero(y == c) for c in np.unique(y))
-    ]
-    held_out = np.sort(np.concatenate(held))
-    return np.setdiff1d(rows, held_out), held_out
-
-
-def _accuracy(head: Pipeline, X: Any, y: np.ndarray, rows: np.ndarray, chunk_rows: int):
-    from featx.outofcore import iter_chunks
-
-    if len(rows) == 0:
-        return None
-    correct = sum(
-        int((head.predict(block) == y[index]).sum())
-        for index, block in iter_chunks(X, chunk_rows, rows=rows)
-    )
-    return round(correct / len(rows), 4)
+make_head.__doc__ = (make_head.__doc__ or "").replace("{kinds}", _kinds_text())

@@ -1,215 +1,183 @@
-"""Embeddings larger than memory: ``.npy`` files written row by row and read in chunks.
+"""Training a head on embeddings larger than memory, a chunk of rows at a time.
 
-A million 1280-d float32 embeddings take 5.1 GB. :class:`NpyRowWriter` writes rows into a
-``.npy`` file with ``os.pwrite`` (rows in any order, each contiguous run in one call), and
-:func:`iter_chunks` reads a memory-mapped array a block of rows at a time. Neither keeps
-the file's pages mapped in the process: pages written through a memory map, or read
-through one, count in the process's resident memory until they are unmapped, so a
-process that touched a whole 5 GB memmap would *look* 5 GB large even though the kernel
-may drop those pages at will. Here they stay in the page cache, outside the process.
-
-Examples
---------
->>> import numpy as np, tempfile, os
->>> from featx.outofcore import NpyRowWriter, iter_chunks
->>> path = os.path.join(tempfile.mkdtemp(), "X.npy")
->>> with NpyRowWriter(path, shape=(5, 3)) as writer:
-...     writer[np.array([4, 0])] = np.ones((2, 3), np.float32)
->>> X = np.load(path, mmap_mode="r")
->>> [chunk.sum() for _, chunk in iter_chunks(X, 2)]
-[np.float32(3.0), np.float32(0.0), np.float32(3.0)]
+:func:`fit_out_of_core` reads ``X`` only through :func:`featx.embeddings.iter_chunks`, so a
+memory-mapped set (``Embeddings.load(path, mmap_mode="r")`` or ``extract(out=FOLDER)``)
+of any size trains in the memory of a few chunks. The head it returns is
+:func:`featx.heads.make_head`'s ``"sgd"`` head, fitted by ``partial_fit``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-import os
-from collections.abc import Iterator
-from pathlib import Path
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
 
-__all__ = ["CHUNK_ROWS", "NpyRowWriter", "check_labelled", "iter_chunks", "release"]
+from featx.embeddings import check_labelled, iter_chunks
+from featx.heads import NORMALIZATIONS, make_head
 
-# Rows per chunk when reading: 8192 x 1280 float32 is 42 MB.
-CHUNK_ROWS = 8192
+__all__ = ["OutOfCoreFit", "fit_out_of_core"]
 
 
-class NpyRowWriter:
-    """A ``.npy`` file of float32 rows, written in any order; unwritten rows are zeros.
+@dataclass
+class OutOfCoreFit:
+    """What :func:`fit_out_of_core` returns.
 
-    ``writer[rows] = values`` writes ``values[i]`` at row ``rows[i]`` (an int, a slice or
-    an integer array); it is the only operation, so code that fills an in-memory array
-    with ``X[rows] = values`` fills the file the same way. The file is created at its
-    full size at once (sparse where the file system allows it).
+    Attributes
+    ----------
+    head : sklearn.pipeline.Pipeline
+        Fitted; steps ``"l2"`` (if normalising), ``"scale"`` and ``"clf"``
+        (``SGDClassifier(loss="log_loss")``), so it predicts (and ``predict_proba``) like
+        :func:`make_head`'s heads.
+    validation_accuracy : float or None
+        Accuracy on the held-out rows after the last epoch (None without validation).
+    history : list of dict
+        Per epoch: ``epoch``, ``validation_accuracy``, ``seconds``.
+    n_train, n_validation : int
+    seconds : float
     """
 
-    def __init__(self, path: str | os.PathLike, shape: tuple[int, int]) -> None:
-        self.path = Path(path)
-        self.shape = (int(shape[0]), int(shape[1]))
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                  "fortran_order": False, "shape": self.shape}  # fmt: skip
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            with os.fdopen(os.dup(self._fd), "wb") as f:
-                np.lib.format.write_array_header_2_0(f, header)
-                self.offset = f.tell()
-            os.ftruncate(self._fd, self.offset + self.shape[0] * self.shape[1] * 4)
-        except BaseException:
-            self.close()
-            raise
-        self._row_bytes = self.shape[1] * 4
-
-    def __setitem__(self, rows: Any, values: Any) -> None:
-        values = np.asarray(values, dtype=np.float32)
-        positions = np.arange(self.shape[0])[rows] if not _is_int_array(rows) else rows
-        positions = np.atleast_1d(np.asarray(positions, dtype=np.int64))
-        values = np.broadcast_to(values, (len(positions), self.shape[1]))
-        if len(positions) and (positions.min() < 0 or positions.max() >= self.shape[0]):
-            raise IndexError(
-                f"Rows {positions.min()}..{positions.max()} are outside the file's "
-                f"{self.shape[0]} rows."
-            )
-        order = np.argsort(positions, kind="stable")
-        positions, values = positions[order], values[order]
-        # One pwrite per run of consecutive rows.
-        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-        for run in np.split(np.arange(len(positions)), breaks):
-            if len(run) == 0:
-                continue
-            block = np.ascontiguousarray(values[run[0] : run[-1] + 1])
-            where = self.offset + int(positions[run[0]]) * self._row_bytes
-            _pwrite_all(self._fd, memoryview(block).cast("B"), where)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> NpyRowWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    head: Pipeline
+    validation_accuracy: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    n_train: int = 0
+    n_validation: int = 0
+    seconds: float = 0.0
 
 
-def _is_int_array(rows: Any) -> bool:
-    return isinstance(rows, (list, np.ndarray)) and np.asarray(rows).dtype.kind in "iu"
+def fit_out_of_core(
+    X: Any,
+    y: Any,
+    *,
+    classes: Any = None,
+    normalize: str | None = None,
+    epochs: int = 5,
+    chunk_rows: int = 8192,
+    validation: float = 0.1,
+    alpha: float = 1e-4,
+    seed: int = 0,
+) -> OutOfCoreFit:
+    """Train a linear head on embeddings too large for memory, a chunk of rows at a time.
 
+    ``X`` is read only in chunks of ``chunk_rows`` rows (a ``np.memmap`` such as
+    ``Embeddings.load(path, mmap_mode="r").X`` or ``extract(..., out=...)``'s ``X``), so
+    memory holds a few chunks whatever the number of rows:
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while len(data):
-        written = os.pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
+    1. a seeded stratified ``validation`` fraction of the rows is held out;
+    2. one pass of ``StandardScaler.partial_fit`` over the training rows;
+    3. ``epochs`` passes of ``SGDClassifier(loss="log_loss").partial_fit``, each over the
+       training rows in a new seeded random order (so chunks mix classes even when the
+       rows are sorted by class, as folders are), reading each chunk's rows in file order;
+    4. the validation accuracy after every epoch is recorded.
 
+    Parameters
+    ----------
+    X : array-like of shape (n, dim)
+        Embeddings; a memory-mapped array is never loaded whole.
+    y : array-like of shape (n,)
+        Labels (in memory: 8 bytes a row).
+    classes : array-like, optional
+        Every label there is (default: the distinct values of ``y``); ``y`` may not hold others.
+    normalize : {None, "l2"}, default None
+        Scale each embedding to unit length first (as :func:`make_head`).
+    epochs : int, default 5
+    chunk_rows : int, default 8192
+    validation : float, default 0.1
+        Fraction of rows held out to measure accuracy (0 for none).
+    alpha : float, default 1e-4
+        ``SGDClassifier``'s regularisation.
+    seed : int, default 0
 
-def iter_chunks(
-    X: np.ndarray, chunk_rows: int = CHUNK_ROWS, rows: np.ndarray | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(row indices, float32 copy of those rows)`` of ``X``, ``chunk_rows`` at a time.
+    Returns
+    -------
+    OutOfCoreFit
+        ``.head`` is the fitted pipeline; ``.validation_accuracy`` and ``.history`` say how
+        well it did.
 
-    ``rows`` (optional) selects and orders the rows to read, e.g. a shuffled permutation;
-    each chunk's rows are read in increasing order (sequential reads on disk) and returned
-    in that order. A ``np.memmap`` of a whole ``.npy`` file is read with ``os.preadv``
-    (one call per run of consecutive rows), not through its mapping: pages touched through
-    a mapping count as the process's memory, and scattered rows read through it peaked
-    at 1.1 GB against 0.37 GB with ``preadv`` (benchmarks/out_of_core.py, 1M rows; the
-    kernel maps up to 64 KB around a page on a read fault). Other arrays are
-    indexed, and a memmap view releases its pages after each chunk (:func:`release`).
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.outofcore import fit_out_of_core
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1, 2], 200)
+    >>> X = rng.normal(size=(600, 16)).astype(np.float32) + 3 * np.eye(16)[y]
+    >>> fit = fit_out_of_core(X, y, epochs=3, chunk_rows=100)
+    >>> fit.validation_accuracy > 0.9, fit.head.predict_proba(X[:2]).shape
+    (True, (2, 3))
     """
-    if int(chunk_rows) < 1:
-        raise ValueError(f"chunk_rows={chunk_rows!r} must be a positive integer.")
-    chunk_rows = int(chunk_rows)
-    n = len(X)
-    total = n if rows is None else len(rows)
-    reader = _FileRows(X) if _is_whole_file(X) else None
-    try:
-        for start in range(0, total, chunk_rows):
-            if rows is None:
-                index = np.arange(start, min(n, start + chunk_rows))
-            else:
-                index = np.sort(np.asarray(rows[start : start + chunk_rows], dtype=np.int64))
-            if reader is not None:
-                block = reader.read(index)
-            elif rows is None:
-                block = np.array(X[start : start + chunk_rows], dtype=np.float32)
-            else:
-                block = np.asarray(X[index], dtype=np.float32)
-            release(X)
-            yield index, block
-    finally:
-        if reader is not None:
-            reader.close()
+    start = time.perf_counter()
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalize={normalize!r} is not supported. Expected one of {NORMALIZATIONS}."
+        )
+    X, y = check_labelled(X, y)
+    known = np.unique(y) if classes is None else np.asarray(classes)
+    unknown = np.setdiff1d(np.unique(y), known)
+    if len(unknown):
+        raise ValueError(
+            f"y holds labels not in classes=: {unknown[:5].tolist()}. Expected only "
+            f"{known[:10].tolist()}; pass every label in classes=."
+        )
+    if len(known) < 2:
+        raise ValueError(f"A classifier needs at least 2 classes; got {known.tolist()}.")
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation={validation!r} must be a fraction in [0, 1).")
+    if int(epochs) < 1:
+        raise ValueError(f"epochs={epochs!r} must be at least 1.")
+    rng = np.random.default_rng(seed)
+    train, held_out = _holdout(y, validation, seed)
+    l2 = Normalizer(norm="l2") if normalize == "l2" else None
 
+    def prepared(block: np.ndarray) -> np.ndarray:
+        return block if l2 is None else l2.transform(block)
 
-def _is_whole_file(X: Any) -> bool:
-    """A memmap over a whole C-ordered array of its file (not a view into one)."""
-    return (
-        isinstance(X, np.memmap)
-        and isinstance(X.base, mmap.mmap)
-        and X.ndim == 2
-        and X.flags.c_contiguous
-        and getattr(X, "filename", None) is not None
+    scaler = StandardScaler()
+    for _, block in iter_chunks(X, chunk_rows, rows=train):
+        scaler.partial_fit(prepared(block))
+    clf = make_head("sgd", alpha=alpha, random_state=seed).named_steps["clf"]
+    steps: list[tuple[str, Any]] = [("l2", l2)] if l2 is not None else []
+    head = Pipeline([*steps, ("scale", scaler), ("clf", clf)])
+    history = []
+    for epoch in range(1, int(epochs) + 1):
+        mark = time.perf_counter()
+        order = rng.permutation(train)
+        for rows, block in iter_chunks(X, chunk_rows, rows=order):
+            clf.partial_fit(scaler.transform(prepared(block)), y[rows], classes=known)
+        accuracy = _accuracy(head, X, y, held_out, chunk_rows)
+        history.append({"epoch": epoch, "validation_accuracy": accuracy,
+                        "seconds": round(time.perf_counter() - mark, 3)})  # fmt: skip
+    return OutOfCoreFit(
+        head=head,
+        validation_accuracy=history[-1]["validation_accuracy"],
+        history=history,
+        n_train=len(train),
+        n_validation=len(held_out),
+        seconds=time.perf_counter() - start,
     )
 
 
-class _FileRows:
-    """Rows of a memory-mapped array read with ``preadv`` from its file."""
-
-    def __init__(self, X: np.memmap) -> None:
-        self.dtype, self.width, self.offset = X.dtype, X.shape[1], int(X.offset)
-        self.row_bytes = X.shape[1] * X.dtype.itemsize
-        self.n = len(X)
-        self.fd = os.open(X.filename, os.O_RDONLY)
-
-    def read(self, index: np.ndarray) -> np.ndarray:
-        if len(index) and (index[0] < 0 or index[-1] >= self.n):
-            raise IndexError(f"Rows {index[0]}..{index[-1]} are outside the {self.n} rows.")
-        block = np.empty((len(index), self.width), dtype=self.dtype)
-        breaks = np.flatnonzero(np.diff(index) != 1) + 1
-        starts = np.concatenate([[0], breaks]).astype(np.int64)
-        ends = np.concatenate([breaks, [len(index)]]).astype(np.int64)
-        flat = memoryview(block).cast("B")
-        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-            if lo == hi:
-                continue
-            target = flat[lo * self.row_bytes : hi * self.row_bytes]
-            where = self.offset + int(index[lo]) * self.row_bytes
-            while len(target):
-                got = os.preadv(self.fd, [target], where)
-                if got == 0:
-                    raise EOFError(f"The file ends before row {index[lo]}.")
-                target, where = target[got:], where + got
-        return block.astype(np.float32, copy=False)
-
-    def close(self) -> None:
-        os.close(self.fd)
+def _holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of row indices into (train, held out), each sorted."""
+    rows = np.arange(len(y))
+    if fraction == 0:
+        return rows, rows[:0]
+    rng = np.random.default_rng(seed)
+    held = [
+        members[rng.permutation(len(members))[: round(fraction * len(members))]]
+        for members in (np.flatnonzero(y == c) for c in np.unique(y))
+    ]
+    held_out = np.sort(np.concatenate(held))
+    return np.setdiff1d(rows, held_out), held_out
 
 
-def release(X: Any) -> None:
-    """Drop the pages a ``np.memmap`` holds in this process (they stay in the page cache).
-
-    A no-op for arrays that are not memory-mapped files.
-    """
-    while X is not None and not isinstance(X, np.memmap):
-        X = getattr(X, "base", None)
-    handle = getattr(X, "_mmap", None)
-    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        with contextlib.suppress(OSError, ValueError):  # closed, or a platform refusing it
-            handle.madvise(mmap.MADV_DONTNEED)
-
-
-def check_labelled(X: Any, y: Any, *, name: str = "X") -> tuple[Any, np.ndarray]:
-    """``(X, y)`` with one label per row of a 2-D ``X``; a memory-mapped ``X`` is not copied."""
-    if getattr(X, "ndim", None) != 2:
-        X = np.asarray(X)
-    y = np.asarray(y)
-    if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(
-            f"{name} must be (n_samples, n_features) with one label per row; got X of shape "
-            f"{X.shape} and {len(y)} labels."
-        )
-    return X, y
+def _accuracy(head: Pipeline, X: Any, y: np.ndarray, rows: np.ndarray, chunk_rows: int):
+    if len(rows) == 0:
+        return None
+    correct = sum(
+        int((head.predict(block) == y[index]).sum())
+        for index, block in iter_chunks(X, chunk_rows, rows=rows)
+    )
+    return round(correct / len(rows), 4)

@@ -603,7 +603,7 @@ def _precomputed(embeddings: Mapping[str, Any]) -> list[tuple[str, Embeddings, d
 
 
 def _as_embeddings(label: str, X: Any, y: Any) -> Embeddings:
-    from featx.outofcore import check_labelled
+    from featx.embeddings import check_labelled
 
     X, y = check_labelled(X, y, name=f"embeddings[{label!r}]'s X")
     values, codes = np.unique(y, return_inverse=True)

@@ -105,7 +105,7 @@ def test_default_grids_search_the_regularisation():
     assert {0.001, 0.01, 0.1} <= set(default_grid("linear-svm")["clf__estimator__C"])
     assert default_grid("mlp") == {"clf__alpha": [1e-4, 1e-3, 1e-2]}
     with pytest.raises(ValueError, match="Unknown head"):
-        default_grid("knn")
+        default_grid("random-forest")
 
 
 def test_default_grid_is_a_copy():

@@ -16,9 +16,9 @@ from conftest import CountingBackbone
 from featx import Embeddings, Extractor
 from featx.cache import EmbeddingCache
 from featx.cli import main
-from featx.heads import fit_out_of_core
+from featx.embeddings import NpyRowWriter, iter_chunks
 from featx.images import DecodeError
-from featx.outofcore import NpyRowWriter, iter_chunks
+from featx.outofcore import fit_out_of_core
 
 
 def _extractor(backbone, cache_dir) -> Extractor:

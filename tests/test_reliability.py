@@ -41,9 +41,9 @@ from _extract_worker import (
 from conftest import CountingBackbone
 
 from featx import Extractor
+from featx._pipeline import content_key as _content_key
 from featx.cache import EmbeddingCache
 from featx.cli import main as cli_main
-from featx.extract import _content_key
 
 N_CHAIN = 400  # images of the kill chain: 50 batches of 8
 TEMP_GLOB = "featx-v1/shards/*/.*.npy.tmp"

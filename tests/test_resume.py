@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from _extract_worker import N_IMAGES, SHARDS_GLOB, finish, index_counts, reference, start
 
+from featx._pipeline import content_key as _content_key
 from featx.cache import EmbeddingCache
-from featx.extract import _content_key
 
 pytestmark = pytest.mark.slow
 
