@@ -17,9 +17,11 @@ from featx.sources import resolve_source
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def arguments(doc: str) -> argparse.Namespace:
-    """The options every example takes."""
+def arguments(doc: str, extra=None) -> argparse.Namespace:
+    """The options every example takes; ``extra(parser)`` adds a script's own."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    if extra is not None:
+        extra(parser)
     parser.add_argument(
         "--shared",
         type=Path,

@@ -92,5 +92,5 @@ table = featx.compare(
     ],
     heads=["logreg"],
     cache_dir=args.cache_dir,
-)
+).table
 print(table[["backbone", "accuracy", "accuracy_std", "dim", "ms_per_image"]].to_string(index=False))

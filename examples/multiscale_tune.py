@@ -8,6 +8,7 @@ representation's map and carries the same table.
 
     python examples/multiscale_tune.py                 # 2,158 photos, ~10 min on 2 cores
     python examples/multiscale_tune.py --per-class 20  # a quick look
+    python examples/multiscale_tune.py --sizes 160+224+288  # one multi-scale candidate
 """
 
 from __future__ import annotations
@@ -15,8 +16,18 @@ from __future__ import annotations
 from _data import arguments, photos
 
 import featx
+from featx.config import parse_sizes
 
-args = arguments(__doc__)
+
+def _sizes(parser):
+    parser.add_argument(
+        "--sizes",
+        default="160,160+224,160+288,160+224+288",
+        help="input sizes to search, comma-separated; + concatenates (the first is the baseline)",
+    )
+
+
+args = arguments(__doc__, _sizes)
 weights = args.shared / "weights" / "mobilenet_v2_1.0_160_no_top.weights.h5"
 images = photos(args.shared / "datasets" / "intel6", args.per_class)
 
@@ -25,8 +36,8 @@ found = featx.tune(
     backbone="MobileNetV2",
     weights=weights,
     space={
-        # The first value of each dimension is the baseline: plain 160 px.
-        "input_size": [160, [160, 224], [160, 288], [160, 224, 288]],
+        # The first value of each dimension is the baseline (by default plain 160 px).
+        "input_size": [parse_sizes(candidate) for candidate in args.sizes.split(",")],
         "tta": [None, "flip"],
         "pooling": ["avg"],
         "head": ["logreg"],

@@ -4,6 +4,10 @@ Data flows one way::
 
     images -> extract (+ cache) -> embeddings -> heads / projection -> report
 
+:func:`learn` takes embeddings; :func:`evaluate`, :func:`compare` and :func:`report`
+take images or embeddings and extract each representation once. ``docs/architecture.md``
+maps the modules.
+
 Importing featx does not import TensorFlow; the network is built on first use.
 
 Examples
@@ -32,6 +36,7 @@ __all__ = [
     "compare",
     "evaluate",
     "fit_classifier",
+    "learn",
     "list_backbones",
     "load_classifier",
     "make_head",
@@ -49,6 +54,7 @@ _LAZY = {
     "make_head": "featx.heads",
     "evaluate": "featx.evaluation",
     "compare": "featx.evaluation",
+    "learn": "featx.learning",
     "fit_classifier": "featx.classifier",
     "save_classifier": "featx.classifier",
     "load_classifier": "featx.classifier",

@@ -6,69 +6,64 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from typing import Any
 
-__all__ = ["main"]
+from featx.heads import HEAD_KINDS, HEADS, grid_key
+
+__all__ = ["main", "parse_backbone_spec", "parse_backbones"]
+
+# Keys of the per-backbone syntax NAME[:key=value]... (see parse_backbone_spec).
+SPEC_KEYS = ("weights", "size", "layer", "pooling", "label", "seed")
+POOLINGS = ("avg", "max", "avg+max")
+RESIZES = ("stretch", "center_crop")
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
-def _weights(value: str) -> str | None:
+def _none_or(value: str) -> str | None:
+    """``none`` (any case) is None: for --weights, --tta and --cache-dir."""
     return None if value.lower() == "none" else value
 
 
-def _one_size(value: str, option: str = "--size") -> int | tuple[int, int]:
-    parts = value.lower().split("x")
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{option} {value!r}: expected N or HxW") from None
-    if len(sizes) == 1:
-        return sizes[0]
-    if len(sizes) == 2:
-        return sizes[0], sizes[1]
-    raise argparse.ArgumentTypeError(f"{option} {value!r}: expected N or HxW")
+def _arg_type(parse, option: str):
+    """An argparse type from a parser of featx.config, its errors naming ``option``."""
+
+    def convert(value: str):
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{option} {value!r}: {exc}") from None
+
+    return convert
 
 
-def _size(value: str) -> int | tuple[int, int] | list[int | tuple[int, int]]:
-    """``160``, ``160x120`` (height x width), or ``160,224``: several sizes, concatenated."""
-    sizes = [_one_size(part.strip()) for part in value.split(",")]
-    return sizes[0] if len(sizes) == 1 else sizes
+def _size(value: str):
+    """``160``, ``160x120`` (height x width); ``160,224`` or ``160+224``: several sizes,
+    each image embedded at each and the embeddings concatenated."""
+    from featx.config import parse_sizes
 
-
-def _tta(value: str) -> str | None:
-    return None if value.lower() == "none" else value
+    return parse_sizes(value, separators="+,")
 
 
 def _sizes_space(value: str) -> list[Any]:
     """``160,224,160+224``: candidates for tune; ``+`` concatenates sizes."""
-    candidates = []
-    for candidate in value.split(","):
-        sizes = [_one_size(s.strip(), "--sizes") for s in candidate.split("+")]
-        candidates.append(sizes[0] if len(sizes) == 1 else sizes)
-    return candidates
+    from featx.config import parse_sizes
+
+    return [parse_sizes(candidate) for candidate in value.split(",")]
 
 
 def _grid(value: str) -> tuple[str, dict[str, list[Any]]]:
     """``logreg:C=0.01,0.1`` -> ("logreg", {"clf__C": [0.01, 0.1]})."""
     head, sep, rest = value.partition(":")
     key, sep2, raw = rest.partition("=")
-    if not sep or not sep2 or head not in _HEADS:
+    if not sep or not sep2 or head not in HEAD_KINDS:
         raise argparse.ArgumentTypeError(
-            f"--grid {value!r}: expected HEAD:KEY=V1,V2 with HEAD one of {', '.join(_HEADS)}, "
+            f"--grid {value!r}: expected HEAD:KEY=V1,V2 with HEAD one of {', '.join(HEADS)}, "
             "e.g. logreg:C=0.01,0.1"
         )
     values = [json.loads(v) if v.strip() else v for v in raw.split(",")]
-    prefix = "clf__estimator__" if head in ("svm", "linear-svm") else "clf__"
-    return head, {key if "__" in key else prefix + key: values}
-
-
-def _cache_dir(value: str) -> str | None:
-    return None if value.lower() == "none" else value
-
-
-# featx.heads.HEADS, spelled out so that parsing arguments does not import scikit-learn
-# (tests/test_cli.py checks the two agree).
-_HEADS = ("logreg", "svm", "linear-svm", "mlp", "sgd")
+    return head, {grid_key(head, key): values}
 
 
 def _param(value: str) -> tuple[str, Any]:
@@ -81,8 +76,88 @@ def _param(value: str) -> tuple[str, Any]:
         return key, raw
 
 
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _heads(value: str) -> list[str]:
+    """Comma-separated head kinds, each checked against the head table."""
+    kinds = _names(value)
+    unknown = [k for k in kinds if k not in HEAD_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown head {unknown[0]!r}; expected a comma-separated list of "
+            f"{', '.join(HEADS)} (`featx heads` describes them)"
+        )
+    return kinds
+
+
+def parse_backbone_spec(text: str) -> dict[str, Any]:
+    """``NAME[:key=value]...`` -> a backbone entry for :func:`featx.compare` and
+    :func:`featx.report` (one :class:`~featx.config.BackboneConfig`).
+
+    Keys: ``weights`` (``imagenet``, ``none`` for seeded random weights, or a file path),
+    ``size`` (``N``, ``HxW``, or ``N+M`` for several sizes concatenated), ``layer``,
+    ``pooling``, ``label``, ``seed``. A ``:`` starts a new key only when a known key and
+    ``=`` follow it, so paths may contain colons.
+
+    Examples
+    --------
+    >>> parse_backbone_spec("MobileNetV2:weights=none:size=160")
+    {'backbone': 'MobileNetV2', 'weights': None, 'input_size': 160}
+    >>> parse_backbone_spec("MobileNetV2:weights=w/mobilenet.h5:label=pretrained")
+    {'backbone': 'MobileNetV2', 'weights': 'w/mobilenet.h5', 'label': 'pretrained'}
+    >>> parse_backbone_spec("ResNet50:size=160+224")
+    {'backbone': 'ResNet50', 'input_size': [160, 224]}
+    """
+    from featx.config import parse_sizes
+
+    pattern = r":(?=(?:" + "|".join(SPEC_KEYS) + r")=)"
+    name, *pairs = re.split(pattern, text.strip())
+    if not name:
+        raise ValueError(f"Backbone spec {text!r} has no backbone name, e.g. 'MobileNetV2'.")
+    entry: dict[str, Any] = {"backbone": name}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key == "weights":
+            entry["weights"] = _none_or(value)
+        elif key == "size":
+            try:
+                entry["input_size"] = parse_sizes(value)
+            except ValueError:
+                raise ValueError(
+                    f"Backbone spec {text!r}: size={value!r} should be N or HxW, or sizes "
+                    "joined by + (160+224) to concatenate them."
+                ) from None
+        elif key == "seed":
+            entry["seed"] = int(value)
+        elif key == "pooling" and value not in POOLINGS:
+            raise ValueError(
+                f"Backbone spec {text!r}: pooling={value!r}; expected one of {', '.join(POOLINGS)}."
+            )
+        else:
+            entry[key] = value
+    return entry
+
+
+def parse_backbones(values: list[str] | None) -> list[dict[str, Any]] | None:
+    """``--backbones``: specs separated by spaces or commas, one entry each.
+
+    A comma followed by a space stays inside its spec (``label=a, b``).
+
+    Examples
+    --------
+    >>> [e["backbone"] for e in parse_backbones(["MobileNetV2,VGG16:weights=none", "ResNet50"])]
+    ['MobileNetV2', 'VGG16', 'ResNet50']
+    """
+    if not values:
+        return None
+    specs = [part for value in values for part in re.split(r",(?=\S)", value) if part.strip()]
+    return [parse_backbone_spec(spec) for spec in specs]
+
+
 def _add_head_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--head", default="logreg", choices=_HEADS)
+    p.add_argument("--head", default="logreg", choices=HEADS, help="`featx heads` lists them")
     p.add_argument(
         "--param",
         type=_param,
@@ -92,33 +167,70 @@ def _add_head_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_backbone_options(p: argparse.ArgumentParser, default_weights: str | None) -> None:
+def _add_backbone_options(
+    p: argparse.ArgumentParser, default_weights: str | None, *, searched: bool = False
+) -> None:
+    """The one set of network options (:class:`~featx.config.BackboneConfig`'s fields)
+    and run options every subcommand that extracts takes. ``searched``: tune, which
+    searches sizes and poolings instead of taking one."""
     p.add_argument("--backbone", default="MobileNetV2", help="registry name, or a .keras/.h5 file")
     p.add_argument(
         "--weights",
-        type=_weights,
+        type=_none_or,
         default=default_weights,
         help="imagenet | none (seeded random init) | PATH to a weights file",
     )
-    p.add_argument(
-        "--size",
-        type=_size,
-        default=None,
-        help="input size N or HxW; N,M embeds at each size and concatenates",
-    )
-    p.add_argument("--pooling", choices=("avg", "max", "avg+max"), default="avg")
+    if not searched:
+        p.add_argument(
+            "--size",
+            type=_arg_type(_size, "--size"),
+            default=None,
+            help="input size N or HxW; N,M (or N+M) embeds at each size and concatenates",
+        )
+        p.add_argument("--pooling", choices=POOLINGS, default="avg")
     p.add_argument("--layer", default=None, help="embed this layer instead of the last block")
-    p.add_argument("--resize", choices=("stretch", "center_crop"), default="stretch")
+    p.add_argument("--resize", choices=RESIZES, default="stretch")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="compute precision: bfloat16 for CPUs with AVX512-BF16, float16 for GPUs",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of --weights none")
     p.add_argument(
         "--cache-dir",
-        type=_cache_dir,
+        type=_none_or,
         default="auto",
         help="cache folder (default $FEATX_CACHE_DIR or ./cache); none disables it",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_split_options(p: argparse.ArgumentParser, nested: str) -> None:
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help=f"a root with train/ validation/ test/, or one class-per-folder directory ({nested})",
+    )
+    p.add_argument("--train", default=None, help="explicit training source")
+    p.add_argument("--validation", default=None, help="explicit validation source")
+    p.add_argument("--test", default=None, help="explicit test source")
+    p.add_argument("--cv", type=int, default=5, help="(outer) folds for a single folder")
+
+
+def _add_backbones_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--backbones",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help=f"{what}: NAME[:weights=W][:size=N|N+M][:layer=L][:pooling=P][:label=TEXT], "
+        "separated by spaces or commas, e.g. MobileNetV2 MobileNetV2:weights=none "
+        "(default: --backbone with the options below)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,12 +279,6 @@ def _parser() -> argparse.ArgumentParser:
         "memory)",
     )
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
-    p.add_argument(
-        "--precision",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="compute precision: bfloat16 for CPUs with AVX512-BF16, float16 for GPUs",
-    )
 
     p = sub.add_parser("train", help="fit an image classifier on a class-per-folder directory")
     p.add_argument("source", help="a class-per-folder directory")
@@ -191,21 +297,11 @@ def _parser() -> argparse.ArgumentParser:
         ("compare", "score several backbones x heads, with baselines"),
     ]:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument(
-            "source",
-            nargs="?",
-            default=None,
-            help="a root with train/ validation/ test/, or one class-per-folder "
-            "directory (cross-validated)",
-        )
-        p.add_argument("--train", default=None, help="explicit training source")
-        p.add_argument("--validation", default=None, help="explicit validation source")
-        p.add_argument("--test", default=None, help="explicit test source")
-        p.add_argument("--cv", type=int, default=5, help="folds for a single folder")
+        _add_split_options(p, "cross-validated")
         _add_backbone_options(p, default_weights="imagenet")
         p.add_argument(
             "--tta",
-            type=_tta,
+            type=_none_or,
             default=None,
             help="test-time views averaged: none | flip | crop | flip+crop",
         )
@@ -217,15 +313,16 @@ def _parser() -> argparse.ArgumentParser:
             help="also train on K seeded augmented copies of each training image",
         )
         if name == "evaluate":
-            p.add_argument("--head", default="logreg", choices=_HEADS)
-        else:
             p.add_argument(
-                "--backbones",
-                default=None,
-                help="comma-separated registry names (default: --backbone)",
+                "--head", default="logreg", choices=HEADS, help="`featx heads` lists them"
             )
+        else:
+            _add_backbones_option(p, "one row group each")
             p.add_argument(
-                "--heads", default="logreg", help=f"comma-separated, from {', '.join(_HEADS)}"
+                "--heads",
+                type=_heads,
+                default=["logreg"],
+                help=f"comma-separated, from {', '.join(HEADS)}",
             )
             p.add_argument(
                 "--no-baselines",
@@ -240,14 +337,7 @@ def _parser() -> argparse.ArgumentParser:
         "an interactive HTML page and a PNG/SVG figure",
     )
     p.add_argument("source", help="a class-per-folder directory or a root with train/ test/")
-    p.add_argument(
-        "--backbones",
-        nargs="+",
-        default=None,
-        metavar="SPEC",
-        help="one panel each: NAME[:weights=W][:size=N][:layer=L][:pooling=P]"
-        "[:label=TEXT], e.g. MobileNetV2:weights=none (default: --backbone)",
-    )
+    _add_backbones_option(p, "one panel each")
     p.add_argument(
         "--layers",
         default=None,
@@ -261,7 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heads",
         default="logreg",
-        help="heads of the classifier table, comma-separated, or 'none'",
+        help=f"heads of the classifier table, comma-separated from {', '.join(HEADS)}, or 'none'",
     )
     p.add_argument(
         "--compare",
@@ -275,7 +365,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also show this `featx tune --json` (or --csv) search",
     )
-    p.add_argument("--cv", type=int, default=5, help="folds of the classifier table")
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN metrics")
     p.add_argument("--no-thumbnails", action="store_true", help="no image thumbnails on hover")
     p.add_argument("--title", default=None)
@@ -286,31 +375,15 @@ def _parser() -> argparse.ArgumentParser:
         help="most points drawn per panel; above it a seeded sample keeping every "
         "class is drawn (metrics use every point; 0: draw all)",
     )
+    p.add_argument("--cv", type=int, default=5, help="folds of the classifier table")
     _add_backbone_options(p, default_weights="imagenet")
 
     p = sub.add_parser("tune", help="search size, views, pooling, augmentation and head")
-    p.add_argument(
-        "source",
-        nargs="?",
-        default=None,
-        help="a root with train/ validation/ test/, or one class-per-folder "
-        "directory (nested cross-validation)",
-    )
-    p.add_argument("--train", default=None, help="explicit training source")
-    p.add_argument("--validation", default=None, help="explicit validation source")
-    p.add_argument("--test", default=None, help="explicit test source")
-    p.add_argument("--cv", type=int, default=5, help="outer folds for a single folder")
+    _add_split_options(p, "nested cross-validation")
     p.add_argument("--inner-cv", type=int, default=3, help="folds of the inner selection")
-    p.add_argument("--backbone", default="MobileNetV2", help="registry name, or a .keras/.h5 file")
-    p.add_argument(
-        "--weights",
-        type=_weights,
-        default="imagenet",
-        help="imagenet | none (seeded random init) | PATH to a weights file",
-    )
     p.add_argument(
         "--sizes",
-        type=_sizes_space,
+        type=_arg_type(_sizes_space, "--sizes"),
         default="160,224,160+224",
         help="input sizes to try; + concatenates (default 160,224,160+224)",
     )
@@ -321,7 +394,12 @@ def _parser() -> argparse.ArgumentParser:
         default="0",
         help="augmented copies per training image to try, e.g. 0,2 (default 0)",
     )
-    p.add_argument("--heads", default="logreg,svm", help=f"heads to try, from {', '.join(_HEADS)}")
+    p.add_argument(
+        "--heads",
+        type=_heads,
+        default=["logreg", "svm"],
+        help=f"heads to try, from {', '.join(HEADS)}",
+    )
     p.add_argument(
         "--grid",
         type=_grid,
@@ -329,20 +407,23 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a head's grid HEAD:KEY=V1,V2 (repeatable), e.g. logreg:C=0.01,0.1",
     )
-    p.add_argument("--resize", choices=("stretch", "center_crop"), default="stretch")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=_cache_dir, default="auto")
     p.add_argument("--csv", default=None, help="also write the table to FILE.csv")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_backbone_options(p, default_weights="imagenet", searched=True)
 
     p = sub.add_parser("backbones", help="list the registry")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("heads", help="list the heads: kinds, what they are, their grids")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("cache", help="show, check or clear the embedding cache")
     p.add_argument("action", choices=("info", "verify", "clear"))
-    p.add_argument("--cache-dir", default="auto")
+    p.add_argument(
+        "--cache-dir",
+        type=_none_or,
+        default="auto",
+        help="cache folder (default $FEATX_CACHE_DIR or ./cache)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("demo", help="the first thing to run: extract, cache and classify")
@@ -352,7 +433,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a root with train/ validation/ test/, or a class-per-folder directory "
         "(default: scikit-learn's digits)",
     )
-    p.add_argument("--heads", default="logreg,svm,mlp", help="comma-separated heads to compare")
+    p.add_argument(
+        "--heads",
+        type=_heads,
+        default=["logreg", "svm", "mlp"],
+        help="comma-separated heads to compare",
+    )
     p.add_argument(
         "--method",
         choices=("umap", "pca", "tsne"),
@@ -366,22 +452,33 @@ def _parser() -> argparse.ArgumentParser:
 Result = tuple[dict[str, Any], str]
 
 
+def _network(args: argparse.Namespace) -> dict[str, Any]:
+    """The network options, as :class:`~featx.config.BackboneConfig` fields (no backbone)."""
+    params = {
+        "weights": args.weights,
+        "layer": args.layer,
+        "resize": args.resize,
+        "seed": args.seed,
+        "precision": args.precision,
+    }
+    if hasattr(args, "size"):
+        params.update(input_size=args.size, pooling=args.pooling)
+    return params
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """How to run the extraction: batch size, cache, progress."""
+    return {"batch_size": args.batch_size, "cache_dir": args.cache_dir, "verbose": not args.quiet}
+
+
 def _extract(args: argparse.Namespace) -> Result:
     from featx.extract import Extractor
 
     extractor = Extractor(
         args.backbone,
-        weights=args.weights,
-        input_size=args.size,
-        pooling=args.pooling,
-        layer=args.layer,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
-        precision=args.precision,
+        **_network(args),
+        **_run(args),
         on_error=args.on_error,
-        verbose=not args.quiet,
         engine=args.engine,
         address=args.address,
         ray_actors=args.ray_actors,
@@ -411,20 +508,6 @@ def _extract(args: argparse.Namespace) -> Result:
     return summary, "\n".join(lines)
 
 
-def _extractor_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "weights": args.weights,
-        "input_size": args.size,
-        "pooling": args.pooling,
-        "layer": args.layer,
-        "resize": args.resize,
-        "batch_size": args.batch_size,
-        "cache_dir": args.cache_dir,
-        "seed": args.seed,
-        "verbose": not args.quiet,
-    }
-
-
 def _train(args: argparse.Namespace) -> Result:
     from featx.classifier import fit_classifier, save_classifier
 
@@ -433,7 +516,8 @@ def _train(args: argparse.Namespace) -> Result:
         head=args.head,
         head_params=dict(args.param),
         backbone=args.backbone,
-        **_extractor_params(args),
+        **_network(args),
+        **_run(args),
     )
     save_classifier(model, args.out)
     size = os.path.getsize(args.out)
@@ -483,8 +567,9 @@ def _evaluate(args: argparse.Namespace) -> Result:
         tta=args.tta,
         tta_combine=args.tta_combine,
         augment=args.augment or None,
-        **_extractor_params(args),
-    )
+        **_network(args),
+        **_run(args),
+    ).summary()
     chosen = ", ".join(f"{k}={v}" for k, v in (result.get("chosen_params") or {}).items())
     text = (
         f"{result.get('protocol')}: accuracy {result['accuracy']:.4f}, balanced accuracy "
@@ -497,42 +582,33 @@ def _evaluate(args: argparse.Namespace) -> Result:
 def _compare(args: argparse.Namespace) -> Result:
     from featx.evaluation import compare
 
-    names = args.backbones.split(",") if args.backbones else [args.backbone]
-    params = _extractor_params(args)
-    layer = params.pop("layer")  # a per-backbone setting in compare's entries
-    entries = [
-        {"backbone": n.strip(), "layer": layer} if layer else n.strip() for n in names if n.strip()
-    ]
-    table = compare(
+    result = compare(
         **_splits(args),
-        backbones=entries,
-        heads=[h.strip() for h in args.heads.split(",") if h.strip()],
+        backbones=parse_backbones(args.backbones) or [args.backbone],
+        heads=args.heads,
         baselines=not args.no_baselines,
         tta=args.tta,
         tta_combine=args.tta_combine,
         augment=args.augment or None,
-        **params,
+        **_network(args),
+        **_run(args),
     )
     if args.csv:
-        table.to_csv(args.csv, index=False)
-    records = json.loads(table.to_json(orient="records"))
-    return {"rows": records, "csv": args.csv}, table.to_string(index=False)
+        result.table.to_csv(args.csv, index=False)
+    return {**result.summary(), "csv": args.csv}, result.table.to_string(index=False)
 
 
 def _report(args: argparse.Namespace) -> Result:
-    from featx.reporting import load_comparison, load_tuning, parse_backbone_spec, report
+    from featx.reporting import load_comparison, load_tuning, report
+    from featx.separation import METRICS, format_metric
 
-    params = _extractor_params(args)
-    layer = params.pop("layer")
-    specs = args.backbones or [args.backbone]
-    entries = [{**({"layer": layer} if layer else {}), **parse_backbone_spec(s)} for s in specs]
     layers = None
     if args.layers:
-        layers = [None if n.strip() == "last" else n.strip() for n in args.layers.split(",")]
-    heads = [h.strip() for h in args.heads.split(",") if h.strip() and h.strip() != "none"]
+        layers = [None if n == "last" else n for n in _names(args.layers)]
+    heads = [] if args.heads.strip().lower() == "none" else _heads(args.heads)
     result = report(
         args.source,
-        backbones=entries,
+        backbones=parse_backbones(args.backbones) or [args.backbone],
         layers=layers,
         method=args.method,
         out=args.out,
@@ -546,45 +622,44 @@ def _report(args: argparse.Namespace) -> Result:
         thumbnails=not args.no_thumbnails,
         title=args.title,
         max_points=args.max_points or None,
-        **params,
+        **_network(args),
+        **_run(args),
     )
-    lines = [f"{'panel':<40}{'k-NN':>7}{'k-NN 2-D':>10}{'silhouette':>12}{'trust':>8}"]
+    columns = [(m, max(len(m.short), 5) + 2) for m in METRICS]
+    lines = [f"{'panel':<40}" + "".join(f"{m.short:>{w}}" for m, w in columns)]
     for panel in result["panels"]:
-        m = panel["metrics"]
-        silhouette = "-" if m["silhouette"] is None else f"{m['silhouette']:.3f}"
-        lines.append(
-            f"{panel['label'][:39]:<40}{m['knn_accuracy']:>7.3f}"
-            f"{m['knn_accuracy_2d']:>10.3f}{silhouette:>12}{m['trustworthiness']:>8.3f}"
-        )
+        values = panel["metrics"]
+        cells = "".join(f"{format_metric(values.get(m.name)):>{w}}" for m, w in columns)
+        lines.append(f"{panel['label'][:39]:<40}{cells}")
     written = [p for p in (result["out"], result["png"], result["svg"]) if p]
     lines.append(f"wrote {', '.join(written)} in {result['seconds']['total']:.1f} s")
-    return result, "\n".join(lines)
+    return result.summary(), "\n".join(lines)
 
 
 def _tune(args: argparse.Namespace) -> Result:
     from featx.tuning import tune
 
-    def names(value: str) -> list[str]:
-        return [v.strip() for v in value.split(",") if v.strip()]
-
     space = {
         "input_size": args.sizes,
-        "tta": [_tta(v) for v in names(args.tta)],
-        "pooling": names(args.poolings),
-        "augment": [int(v) or None for v in names(args.augment)],
-        "head": names(args.heads),
+        "tta": [_none_or(v) for v in _names(args.tta)],
+        "pooling": _names(args.poolings),
+        "augment": [int(v) or None for v in _names(args.augment)],
+        "head": args.heads,
     }
+    network = _network(args)
     found = tune(
         **_splits(args),
         backbone=args.backbone,
-        weights=args.weights,
+        weights=network["weights"],
+        layer=network["layer"],
+        precision=network["precision"],
         space=space,
         grids=dict(args.grid) or None,
         inner_cv=args.inner_cv,
-        resize=args.resize,
+        resize=network["resize"],
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=network["seed"],
         verbose=False,
         log=None if args.quiet or args.json else print,
     )
@@ -626,10 +701,28 @@ def _backbones(args: argparse.Namespace) -> Result:
     return {"backbones": rows}, text
 
 
-def _cache(args: argparse.Namespace) -> Result:
-    from featx.cache import EmbeddingCache, default_cache_dir
+def _heads_command(args: argparse.Namespace) -> Result:
+    rows = [
+        {
+            "name": kind.name,
+            "help": kind.help,
+            "grid": {grid_key(kind.name, k): list(v) for k, v in kind.grid.items()},
+        }
+        for kind in HEAD_KINDS.values()
+    ]
+    lines = []
+    for row in rows:
+        grid = "; ".join(f"{k.rsplit('__', 1)[-1]}={v}" for k, v in row["grid"].items())
+        lines.append(f"{row['name']:<12}{row['help']}\n{'':<12}grid: {grid or '-'}")
+    return {"heads": rows}, "\n".join(lines)
 
-    cache = EmbeddingCache(default_cache_dir() if args.cache_dir == "auto" else args.cache_dir)
+
+def _cache(args: argparse.Namespace) -> Result:
+    from featx.cache import EmbeddingCache
+
+    if args.cache_dir is None:
+        raise ValueError("featx cache needs a cache folder; --cache-dir none disables caching.")
+    cache = EmbeddingCache(args.cache_dir)
     if args.action == "clear":
         n = cache.clear()
         return (
@@ -660,18 +753,11 @@ def _demo(args: argparse.Namespace) -> Result:
 
     result = run_demo(
         data=args.data,
-        heads=tuple(h.strip() for h in args.heads.split(",") if h.strip()),
+        heads=tuple(args.heads),
         method=args.method,
         backbone=args.backbone,
-        weights=args.weights,
-        input_size=args.size,
-        pooling=args.pooling,
-        layer=args.layer,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
-        verbose=not args.quiet,
+        **_network(args),
+        **_run(args),
         log=(lambda _: None) if args.json else print,
     )
     return result, f"summary: {result['summary']}"
@@ -686,6 +772,7 @@ _COMMANDS = {
     "tune": _tune,
     "report": _report,
     "backbones": _backbones,
+    "heads": _heads_command,
     "cache": _cache,
     "demo": _demo,
 }

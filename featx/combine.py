@@ -17,8 +17,6 @@ Importing this module does not import TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import os
 import time
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from featx._pipeline import fingerprint
 from featx.augment import (
     TTA_COMBINE,
     AugmentPolicy,
@@ -37,74 +36,50 @@ from featx.augment import (
     view_label,
 )
 from featx.backbones import Backbone, resolve_backbone
+from featx.config import BackboneConfig, backbone_name, size_label
 from featx.embeddings import Embeddings
 from featx.extract import Extractor
 
-__all__ = ["CombinedExtractor", "expand_members"]
-
-# What one member may set: the Extractor parameters that choose the network and its input.
-_MEMBER_KEYS = (
-    "backbone",
-    "weights",
-    "input_size",
-    "pooling",
-    "layer",
-    "resize",
-    "seed",
-    "precision",
-)
+__all__ = ["CombinedExtractor", "expand_members", "extractor_for", "member_label"]
 
 
 def expand_members(
-    backbone: str | Backbone | Any | Sequence[Any] = "MobileNetV2",
-    *,
-    weights: str | os.PathLike | None = "imagenet",
-    input_size: int | tuple[int, int] | Sequence[int] | None = None,
-    pooling: str = "avg",
-    layer: str | Sequence[str | None] | None = None,
-    resize: str = "stretch",
-    seed: int = 0,
-    precision: str = "float32",
-) -> list[dict[str, Any]]:
-    """Members for every backbone x input size x layer given (lists are expanded).
+    backbone: str | Backbone | Any | Sequence[Any] = "MobileNetV2", **params: Any
+) -> list[BackboneConfig]:
+    """One single-network config for every backbone x input size x layer given.
 
     ``input_size`` may be one size (``160`` or ``(160, 120)``) or a list of sizes
-    (``[160, 224]``); ``backbone`` and ``layer`` may be lists too.
+    (``[160, 224]``); ``backbone`` and ``layer`` may be lists too. The other keyword
+    arguments are :class:`~featx.config.BackboneConfig` fields.
 
     Examples
     --------
     >>> from featx.combine import expand_members
-    >>> [m["input_size"] for m in expand_members("MobileNetV2", input_size=[160, 224])]
+    >>> [m.size_label for m in expand_members("MobileNetV2", input_size=[160, 224])]
     [160, 224]
     """
-    backbones = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone]
-    sizes = _sizes(input_size)
-    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
-    return [
-        {
-            "backbone": b,
-            "weights": weights,
-            "input_size": s,
-            "pooling": pooling,
-            "layer": lay,
-            "resize": resize,
-            "seed": seed,
-            "precision": precision,
-        }
-        for b, s, lay in itertools.product(backbones, sizes, layers)
-    ]
+    return BackboneConfig(backbone, **params).members()
 
 
-def _sizes(input_size: Any) -> list[Any]:
-    """``[160, 224]`` is two sizes; ``160`` and ``(160, 120)`` (height, width) are one."""
-    if input_size is None or isinstance(input_size, (int, np.integer)):
-        return [input_size]
-    if isinstance(input_size, tuple) and len(input_size) == 2:
-        return [input_size]
-    sizes = list(input_size)
-    if not sizes:
-        raise ValueError("input_size=[] gives no size. Pass an int or a list of ints.")
-    return sizes
+def extractor_for(
+    config: BackboneConfig,
+    *,
+    tta: Any = None,
+    tta_combine: str = "mean",
+    augment: Any = None,
+    **options: Any,
+) -> Extractor | CombinedExtractor:
+    """The extractor of one representation: a plain :class:`~featx.Extractor` for one
+    network without views or copies, else a :class:`CombinedExtractor`.
+
+    ``options`` are ``batch_size``, ``cache_dir``, ``verbose`` (and ``on_error``,
+    ``workers``).
+    """
+    if config.is_single and tta is None and not augment:
+        return Extractor.from_config(config, **options)
+    return CombinedExtractor(
+        config.members(), tta=tta, tta_combine=tta_combine, augment=augment, **options
+    )
 
 
 class CombinedExtractor:
@@ -158,7 +133,7 @@ class CombinedExtractor:
             )
         if not members:
             raise ValueError("members= is empty. Pass at least one backbone's parameters.")
-        self.members = [_member(m) for m in members]
+        self.members = [m for value in members for m in _member(value).members()]
         self.views = resolve_tta(tta)
         self.tta_combine = tta_combine
         self.augment = resolve_augment(augment)
@@ -170,9 +145,8 @@ class CombinedExtractor:
             "workers": workers,
         }
         # One network per member, shared by all its views' extractors.
-        self._backbones = [
-            resolve_backbone(m["backbone"], **{k: v for k, v in m.items() if k in _NET_KEYS})
-            for m in self.members
+        self.backbones: list[Backbone] = [
+            resolve_backbone(m.backbone[0], **m.network_kwargs()) for m in self.members
         ]
         self._extractors: dict[tuple[int, str], Extractor] = {}
         self.spec = {
@@ -183,19 +157,17 @@ class CombinedExtractor:
         if len(self.members) == 1 and self.views == [None]:
             self.fingerprint = self._extractor(0, None).fingerprint
         else:
-            self.fingerprint = hashlib.sha256(
-                json.dumps(self.spec, sort_keys=True).encode()
-            ).hexdigest()
+            self.fingerprint = fingerprint(self.spec)
 
     @property
     def backbone(self) -> Backbone:
         """The first member's network (what single-backbone reports name)."""
-        return self._backbones[0]
+        return self.backbones[0]
 
     @property
     def input_size(self) -> tuple[int, int]:
         """The first member's input size."""
-        return self._backbones[0].input_size
+        return self.backbones[0].input_size
 
     @property
     def label(self) -> str:
@@ -209,16 +181,15 @@ class CombinedExtractor:
     @property
     def dim(self) -> int:
         per_view = len(self.views) if self.tta_combine == "concat" else 1
-        return sum(b.dim for b in self._backbones) * per_view
+        return sum(b.dim for b in self.backbones) * per_view
 
     def _extractor(self, member: int, view: View | None) -> Extractor:
         key = (member, json.dumps(None if view is None else view.identity(), sort_keys=True))
         extractor = self._extractors.get(key)
         if extractor is None:
-            params = self.members[member]
             extractor = self._extractors[key] = Extractor(
-                self._backbones[member],
-                resize=params.get("resize", "stretch"),
+                self.backbones[member],
+                resize=self.members[member].resize,
                 view=view,
                 **self._options,
             )
@@ -290,7 +261,7 @@ class CombinedExtractor:
                 {
                     "member": member_label(member),
                     "views": [view_label(v) for v in self.views],
-                    "dim": self._backbones[i].dim
+                    "dim": self.backbones[i].dim
                     * (len(self.views) if self.tta_combine == "concat" else 1),
                     "ms_per_image": None if None in per_view else round(sum(per_view), 3),
                 }
@@ -308,34 +279,23 @@ class CombinedExtractor:
         return None if seconds is None else 1000.0 * seconds
 
 
-_NET_KEYS = ("weights", "input_size", "pooling", "layer", "seed", "precision")
+def _member(member: BackboneConfig | Mapping[str, Any] | str | Backbone) -> BackboneConfig:
+    if isinstance(member, (BackboneConfig, Mapping, str, os.PathLike, Backbone)):
+        return BackboneConfig.of(dict(member) if isinstance(member, Mapping) else member)
+    raise ValueError(
+        f"The member {member!r} is not understood. Expected a BackboneConfig, a registry "
+        "name, a Backbone, or a dict with a 'backbone' key and BackboneConfig fields."
+    )
 
 
-def _member(member: Mapping[str, Any] | str | Backbone) -> dict[str, Any]:
-    if isinstance(member, (str, os.PathLike, Backbone)):
-        return {"backbone": member}
-    if not isinstance(member, Mapping) or "backbone" not in member:
-        raise ValueError(
-            f"The member {member!r} is not understood. Expected a registry name or a dict "
-            f"with a 'backbone' key and optionally {', '.join(_MEMBER_KEYS[1:])}."
-        )
-    unknown = [k for k in member if k not in _MEMBER_KEYS]
-    if unknown:
-        raise ValueError(
-            f"The member {dict(member)!r} has unknown key(s) {unknown}. Expected some of: "
-            f"{', '.join(_MEMBER_KEYS)}."
-        )
-    return dict(member)
-
-
-def member_label(member: Mapping[str, Any]) -> str:
+def member_label(member: BackboneConfig) -> str:
     """Short text for a member: ``"MobileNetV2@160 avg+max"``, with the layer if any."""
-    backbone = member["backbone"]
-    name = backbone if isinstance(backbone, str) else getattr(backbone, "name", "model")
-    size = member.get("input_size")
-    text = f"{os.path.basename(str(name))}@{size}" if size is not None else str(name)
-    if member.get("pooling", "avg") != "avg":
-        text += f" {member['pooling']}"
-    if member.get("layer"):
-        text += f" [{member['layer']}]"
+    text = " + ".join(backbone_name(b) for b in member.backbone)
+    if member.input_size != (None,):
+        text += f"@{size_label(list(member.input_size))}"
+    if member.pooling != "avg":
+        text += f" {member.pooling}"
+    layers = [lay for lay in member.layer if lay]
+    if layers:
+        text += f" [{', '.join(layers)}]"
     return text

@@ -174,6 +174,9 @@ class BackboneConfig:
     seed : int, default 0
         Seed of the random initialisation when ``weights=None``.
     precision : {"float32", "bfloat16", "float16"}, default "float32"
+    preprocess : callable, optional
+        For your own models only: maps 0-255 RGB float tensors to the model's input range
+        (registry models always use their family's own ``preprocess_input``).
     label : str, optional
         How tables and reports name this representation (display only).
 
@@ -190,6 +193,7 @@ class BackboneConfig:
     resize: str = "stretch"
     seed: int = 0
     precision: str = "float32"
+    preprocess: Any = None
     label: str | None = None
 
     def __post_init__(self) -> None:
@@ -235,10 +239,12 @@ class BackboneConfig:
                     f"The backbone entry {value!r} has {problem}. Expected 'backbone' and "
                     f"optionally: {', '.join(k for k in CONFIG_KEYS if k != 'backbone')}."
                 )
+            if _is_backbone(fields["backbone"]):
+                # A ready-made Backbone is its own network, size and pooling: the call's
+                # defaults are for the backbones given by name beside it.
+                return cls(fields["backbone"], label=fields.get("label"))
             known = {k: v for k, v in defaults.items() if k in CONFIG_KEYS}
-            if not isinstance(fields["backbone"], (str, os.PathLike, list, tuple)) and not (
-                _is_backbone(fields["backbone"])
-            ):
+            if not isinstance(fields["backbone"], (str, os.PathLike, list, tuple)):
                 # A keras.Model keeps its own weights unless the entry names a file: the
                 # call's weights= is meant for the registry backbones beside it.
                 known["weights"] = "imagenet"
@@ -274,6 +280,7 @@ class BackboneConfig:
             "layer": self.layer[0],
             "seed": self.seed,
             "precision": self.precision,
+            "preprocess": self.preprocess,
         }
 
     def replace(self, **changes: Any) -> BackboneConfig:
@@ -287,10 +294,11 @@ class BackboneConfig:
         """The given ``label``, else a name built from the backbones and their weights."""
         if self.label is not None:
             return self.label
-        text = " + ".join(backbone_name(b) for b in self.backbone)
-        if self.weights is None and all(isinstance(b, (str, os.PathLike)) for b in self.backbone):
-            text += " (random weights)"
-        return text
+        random = " (random weights)" if self.weights is None else ""
+        return " + ".join(
+            backbone_name(b) + (random if isinstance(b, (str, os.PathLike)) else "")
+            for b in self.backbone
+        )
 
     @property
     def size_label(self) -> int | str:
@@ -327,4 +335,3 @@ def _positive(n: int, given: Any) -> int:
 def _is_backbone(value: Any) -> bool:
     """A featx Backbone (duck-typed: this module does not import featx.backbones)."""
     return callable(getattr(value, "identity", None)) and hasattr(value, "embed")
-

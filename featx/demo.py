@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from featx.backbones import WeightsUnavailableError
-from featx.extract import Extractor
 
 __all__ = ["run_demo", "write_digits"]
 
@@ -86,34 +85,31 @@ def run_demo(
     representation with ``method`` ("umap", "pca" or "tsne").
     """
     from featx.backbones import RawPixels
-    from featx.cache import default_cache_dir
-    from featx.evaluation import compare
+    from featx.cache import resolve_cache_dir
+    from featx.config import BackboneConfig
+    from featx.evaluation import compare_embedded, embed_splits
+    from featx.reporting import report
+    from featx.splits import resolve_splits
 
-    cache_root = Path(default_cache_dir() if cache_dir == "auto" else cache_dir or "cache")
+    cache_root = resolve_cache_dir(cache_dir) or Path("cache")
     if data is None:
         data = write_digits(cache_root / "demo-digits")
         data_name = "scikit-learn digits (1,797 images, 10 classes, 60/20/20 split)"
         input_size = input_size or DIGITS_SIZE
     else:
         data_name = os.fspath(data)
-    train = Path(data) / "train"
-    source = train if train.is_dir() else Path(data)
+    splits = resolve_splits(data)
+    run = {"batch_size": extractor_params.pop("batch_size", 32), "cache_dir": cache_dir,
+           "verbose": verbose}  # fmt: skip
+    network = {"backbone": backbone, "input_size": input_size, **extractor_params}
+    pretrained = BackboneConfig.of({**network, "weights": weights})
 
-    def make(w) -> Extractor:
-        return Extractor(
-            backbone,
-            weights=w,
-            input_size=input_size,
-            cache_dir=cache_dir,
-            verbose=verbose,
-            **extractor_params,
-        )
-
-    weights_text = "random init" if weights is None else str(weights)
+    weights_text = "random init" if weights is None else _weights_text(weights)
     log(f"featx demo: {backbone} ({weights_text}) on {data_name}")
     result: dict[str, Any] = {"data": data_name, "backbone": backbone, "weights": weights_text}
+    represented: dict[str, Any] = {}  # label -> every split embedded once
     try:
-        cold = make(weights).extract(source)
+        cold = embed_splits(splits, pretrained, **run)
     except WeightsUnavailableError as exc:
         log(f"  {exc}")
         log(
@@ -122,54 +118,35 @@ def run_demo(
         )
         result["pretrained"] = None
         result["weights_error"] = str(exc)
-        backbones: list[Any] = []
     else:
-        warm = make(weights).extract(source)
+        warm = embed_splits(splits, pretrained, **run)  # the same images: all from the cache
+        first, again = cold.combined(), warm.combined()
         log(
-            f"  extract: {len(cold)} images -> {cold.dim}-d in {cold.seconds:.2f} s "
-            f"({cold.cache_misses} computed, {cold.cache_hits} from cache)"
+            f"  extract: {len(first)} images -> {first.dim}-d in {first.seconds:.2f} s "
+            f"({first.cache_misses} computed, {first.cache_hits} from cache)"
         )
         log(
-            f"  again:   {len(warm)} images in {warm.seconds:.2f} s "
-            f"({warm.cache_misses} computed, {warm.cache_hits} from cache)"
+            f"  again:   {len(again)} images in {again.seconds:.2f} s "
+            f"({again.cache_misses} computed, {again.cache_hits} from cache)"
         )
         result["pretrained"] = weights is not None
         result["extract"] = {
-            "cold": _numbers(cold),
-            "warm": _numbers(warm),
-            "n_images": len(cold),
-            "dim": cold.dim,
+            "cold": _numbers(first),
+            "warm": _numbers(again),
+            "n_images": len(first),
+            "dim": first.dim,
         }
-        backbones = [
-            {
-                "backbone": backbone,
-                "weights": weights,
-                "input_size": input_size,
-                "label": f"{backbone} ({weights_text})",
-                **extractor_params,
-            }
-        ]
-    if weights is not None or not backbones:
-        backbones.append(
-            {
-                "backbone": backbone,
-                "weights": None,
-                "input_size": input_size,
-                "label": f"{backbone} (random weights)",
-                **extractor_params,
-            }
-        )
-    backbones.append({"backbone": RawPixels(16), "label": "raw pixels 16x16"})
+        represented[f"{backbone} ({weights_text})"] = warm
+    if weights is not None or not represented:
+        random = BackboneConfig.of({**network, "weights": None})
+        represented[f"{backbone} (random weights)"] = embed_splits(splits, random, **run)
+    raw = BackboneConfig.of(RawPixels(16))
+    represented["raw pixels 16x16"] = embed_splits(splits, raw, **run)
 
-    table = compare(
-        data,
-        backbones=backbones,
-        heads=heads,
-        baselines=False,
-        grids={h: DEMO_GRIDS[h] for h in heads if h in DEMO_GRIDS},
-        cache_dir=cache_dir,
-        verbose=verbose,
-    )
+    # Learn and see on the embeddings just made: nothing below extracts again.
+    table = compare_embedded(
+        represented, heads=heads, grids={h: DEMO_GRIDS[h] for h in heads if h in DEMO_GRIDS}
+    ).table
     columns = [
         c
         for c in (
@@ -199,18 +176,14 @@ def run_demo(
     )
 
     # See: each representation's map and separation, with the comparison beneath.
-    from featx.reporting import report
-
     pages = report(
-        data,
-        backbones=backbones,
+        embeddings=represented,
         comparison=table,
         method=method,
         out=cache_root / "demo-report.html",
         png=cache_root / "demo-report.png",
         title=f"featx demo: {data_name}",
         cache_dir=cache_dir,
-        verbose=verbose,
     )
     result["report"] = {"html": str(pages["out"]), "png": str(pages["png"]),
                         "panels": [{"label": p["label"], **{k: p["metrics"][k] for k in (
@@ -225,6 +198,11 @@ def run_demo(
     log(f"report: {pages['out']} (figure: {pages['png']})")
     result["summary"] += f"; report: {pages['out']}"
     return result
+
+
+def _weights_text(weights: str | os.PathLike) -> str:
+    """``imagenet``, or a weights file's name (a whole path would widen every table)."""
+    return Path(weights).name if str(weights) != "imagenet" else "imagenet"
 
 
 def _numbers(embeddings) -> dict[str, Any]:

@@ -55,6 +55,7 @@ __all__ = [
     "release",
 ]
 
+
 @dataclass
 class Embeddings:
     """The result of an extraction, rows in input order.
@@ -136,9 +137,9 @@ class Embeddings:
             else:
                 names = [str(c) for c in classes]
                 codes = np.asarray(y)
-                if codes.dtype.kind not in "iu" or (len(codes) and not (
-                    codes.min() >= 0 and codes.max() < len(names)
-                )):
+                if codes.dtype.kind not in "iu" or (
+                    len(codes) and not (codes.min() >= 0 and codes.max() < len(names))
+                ):
                     raise ValueError(
                         f"With classes= given, y must hold integer indices into its "
                         f"{len(names)} classes; got {codes[:5].tolist()}..."

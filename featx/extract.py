@@ -162,7 +162,7 @@ class Extractor:
             raise ValueError(f"background={background!r} must be an (r, g, b) triple in 0-255.")
         config = BackboneConfig(
             backbone, weights=weights, input_size=input_size, pooling=pooling, layer=layer,
-            resize=resize, seed=seed, precision=precision,
+            resize=resize, seed=seed, precision=precision, preprocess=preprocess,
         )  # fmt: skip
         if not config.is_single:
             raise ValueError(
@@ -174,9 +174,7 @@ class Extractor:
                 "width)."
             )
         self.config = config
-        self.backbone = resolve_backbone(
-            config.backbone[0], preprocess=preprocess, **config.network_kwargs()
-        )
+        self.backbone = resolve_backbone(config.backbone[0], **config.network_kwargs())
         self.resize = resize
         self.background = background
         self.batch_size = int(batch_size)
@@ -197,7 +195,7 @@ class Extractor:
         fields = {
             "weights": config.weights, "input_size": config.input_size[0],
             "pooling": config.pooling, "layer": config.layer[0], "resize": config.resize,
-            "seed": config.seed, "precision": config.precision,
+            "seed": config.seed, "precision": config.precision, "preprocess": config.preprocess,
         }  # fmt: skip
         return cls(config.backbone[0] if len(config.backbone) == 1 else list(config.backbone),
                    **fields, **options)  # fmt: skip

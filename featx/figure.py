@@ -6,58 +6,15 @@ backend), so computing embeddings never pulls in a plotting library.
 
 from __future__ import annotations
 
-import colorsys
 import os
 from pathlib import Path
 
 import numpy as np
 
-from featx.reporting import ReportData
+from featx.report_model import ReportData, class_colours
+from featx.separation import headline
 
-__all__ = ["class_colours", "write_figure"]
-
-# matplotlib's tab10 then the light half of tab20: the same colours on the page and figure.
-_PALETTE = [
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#ff9896",
-    "#c5b0d5",
-    "#c49c94",
-    "#f7b6d2",
-    "#c7c7c7",
-    "#dbdb8d",
-    "#9edae5",
-]
-
-
-def class_colours(n: int) -> list[str]:
-    """``n`` distinct colours as ``#rrggbb``, the same for a class in every view.
-
-    Examples
-    --------
-    >>> class_colours(3)
-    ['#1f77b4', '#ff7f0e', '#2ca02c']
-    >>> len(set(class_colours(40)))
-    40
-    """
-    if n <= len(_PALETTE):
-        return _PALETTE[:n]
-    extra = []
-    for i in range(n - len(_PALETTE)):  # evenly spaced hues, alternating lightness
-        r, g, b = colorsys.hls_to_rgb((i * 0.618034) % 1.0, 0.45 + 0.2 * (i % 2), 0.65)
-        extra.append(f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}")
-    return _PALETTE + extra
+__all__ = ["write_figure"]
 
 
 def write_figure(data: ReportData, path: str | os.PathLike, dpi: int = 150) -> Path:
@@ -90,13 +47,7 @@ def write_figure(data: ReportData, path: str | os.PathLike, dpi: int = 150) -> P
                     alpha=0.75,
                     label=_text(name) if marker == "o" else None,
                 )
-        m = panel.metrics
-        silhouette = "-" if m["silhouette"] is None else f"{m['silhouette']:.3f}"
-        ax.set_title(
-            f"{_text(panel.label)}\nk-NN {m['knn_accuracy']:.3f} | silhouette {silhouette} | "
-            f"trust {m['trustworthiness']:.3f}",
-            fontsize=9,
-        )
+        ax.set_title(f"{_text(panel.label)}\n{headline(panel.metrics)}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal", adjustable="datalim")

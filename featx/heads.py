@@ -129,12 +129,13 @@ def _sgd():
 
 
 def _knn():
-    from sklearn.neighbors import KNeighborsClassifier
+    from featx._neighbours import CappedKNeighborsClassifier
 
     # Cosine distance, as the separation metrics use: the direction of an embedding
     # carries the class, its length mostly the image's contrast. Distance weighting lets
-    # the closest images count most, and keeps predict_proba informative.
-    clf = KNeighborsClassifier(n_neighbors=10, metric="cosine", weights="distance")
+    # the closest images count most, and keeps predict_proba informative. Capped at the
+    # training rows, so that small folds do not fail on the larger grid values.
+    clf = CappedKNeighborsClassifier(n_neighbors=10, metric="cosine", weights="distance")
     return clf, clf
 
 
@@ -195,7 +196,7 @@ HEAD_KINDS: dict[str, HeadKind] = {
         HeadKind(
             "knn",
             "KNeighborsClassifier(n_neighbors=10, metric='cosine', weights='distance'): "
-            "the nearest training images vote.",
+            "the nearest training images vote (never more neighbours than there are).",
             _knn,
             {"n_neighbors": (5, 10, 20)},
         ),
@@ -225,48 +226,48 @@ def make_head(
 ) -> Any:
     """A scikit-learn pipeline that classifies embeddings, with defaults chosen for them.
 
-    Parameters
-    ----------
-    kind : str, default "logreg"
-        A row of :data:`HEAD_KINDS` (``featx heads`` lists them):
+        Parameters
+        ----------
+        kind : str, default "logreg"
+            A row of :data:`HEAD_KINDS` (``featx heads`` lists them):
 
-{kinds}
-    normalize : {None, "l2"}, default None
-        ``"l2"`` scales each embedding to unit length before standardising (cosine geometry).
-    pca : int or float, optional
-        Keep this many principal components (int), or enough to explain this fraction of
-        the variance (float in (0, 1)), after standardising.
-    **params
-        Parameters of the classifier (for the SVMs, of the SVC inside the calibration),
-        e.g. ``C=10`` or ``alpha=1e-3``.
+    {kinds}
+        normalize : {None, "l2"}, default None
+            ``"l2"`` scales each embedding to unit length before standardising (cosine geometry).
+        pca : int or float, optional
+            Keep this many principal components (int), or enough to explain this fraction of
+            the variance (float in (0, 1)), after standardising.
+        **params
+            Parameters of the classifier (for the SVMs, of the SVC inside the calibration),
+            e.g. ``C=10`` or ``alpha=1e-3``.
 
-    Returns
-    -------
-    sklearn.pipeline.Pipeline
-        Steps ``"l2"`` (if normalising), ``"scale"``, ``"pca"`` (if given) and ``"clf"``.
-        Unfitted; every seed is fixed, so two fits on the same data agree.
+        Returns
+        -------
+        sklearn.pipeline.Pipeline
+            Steps ``"l2"`` (if normalising), ``"scale"``, ``"pca"`` (if given) and ``"clf"``.
+            Unfitted; every seed is fixed, so two fits on the same data agree.
 
-    Raises
-    ------
-    ValueError
-        For an unknown ``kind``, ``normalize``, classifier parameter, or a bad ``pca``.
+        Raises
+        ------
+        ValueError
+            For an unknown ``kind``, ``normalize``, classifier parameter, or a bad ``pca``.
 
-    Notes
-    -----
-    The SVMs' calibration needs at least 3 images of every class, and the MLP's early
-    stopping holds out 10% of the data, which must include every class (about
-    ``10 * n_classes`` images at least).
+        Notes
+        -----
+        The SVMs' calibration needs at least 3 images of every class, and the MLP's early
+        stopping holds out 10% of the data, which must include every class (about
+        ``10 * n_classes`` images at least).
 
-    Examples
-    --------
-    >>> from sklearn.datasets import load_iris
-    >>> from featx.heads import make_head
-    >>> X, y = load_iris(return_X_y=True)
-    >>> head = make_head("logreg", normalize="l2", C=10).fit(X, y)
-    >>> list(head.named_steps)
-    ['l2', 'scale', 'clf']
-    >>> head.predict_proba(X[:2]).shape
-    (2, 3)
+        Examples
+        --------
+        >>> from sklearn.datasets import load_iris
+        >>> from featx.heads import make_head
+        >>> X, y = load_iris(return_X_y=True)
+        >>> head = make_head("logreg", normalize="l2", C=10).fit(X, y)
+        >>> list(head.named_steps)
+        ['l2', 'scale', 'clf']
+        >>> head.predict_proba(X[:2]).shape
+        (2, 3)
     """
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline

@@ -18,21 +18,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from featx.figure import class_colours
-from featx.reporting import ReportData
-from featx.separation import METRIC_HELP
+from featx.report_model import ReportData, class_colours
+from featx.separation import METRIC_HELP, METRICS, headline
 
 __all__ = ["write_html"]
 
 PANEL_SIZE = 430
 COLUMNS = 3
-METRIC_COLUMNS = (
-    "knn_accuracy",
-    "knn_accuracy_2d",
-    "silhouette",
-    "silhouette_2d",
-    "trustworthiness",
-)
+METRIC_COLUMNS = tuple(m.name for m in METRICS)  # the separation table, in METRICS order
 COMPARISON_COLUMNS = (
     "backbone",
     "head",
@@ -117,10 +110,8 @@ def _panel(data: ReportData, p: int, panel, source, colours: list[str], with_thu
     from bokeh.models import CDSView, GroupFilter, HoverTool, TapTool
     from bokeh.plotting import figure
 
-    m = panel.metrics
     fig = figure(
-        title=f"{panel.label}  |  k-NN {m['knn_accuracy']:.3f}  silhouette "
-        f"{_fmt(m['silhouette'])}  trust {m['trustworthiness']:.3f}",
+        title=f"{panel.label}  |  {headline(panel.metrics, '  ')}",
         width=PANEL_SIZE,
         height=PANEL_SIZE,
         tools="pan,wheel_zoom,box_select,reset,save",

@@ -34,29 +34,24 @@ import base64
 import io
 import json
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from featx.backbones import Backbone
-from featx.cache import EmbeddingCache, default_cache_dir
-from featx.extract import Embeddings, Extractor
+from featx.cache import EmbeddingCache
+from featx.config import BackboneConfig
+from featx.embeddings import Embeddings
+from featx.evaluation import Embedded, compare_embedded, embed_splits, entries, unique_label
 from featx.images import DecodeError, array_to_rgb, decode
+from featx.report_model import Panel, ReportData, ReportResult
 from featx.sources import resolve_source
+from featx.splits import Splits, resolve_splits, split_layout
 
-__all__ = [
-    "Panel",
-    "ReportData",
-    "load_comparison",
-    "load_tuning",
-    "parse_backbone_spec",
-    "report",
-]
+__all__ = ["load_comparison", "load_tuning", "report"]
 
 THUMBNAIL_SIZE = 64
 # Points drawn per page: above this, a seeded sample keeping every class is shown (metrics
@@ -65,41 +60,6 @@ MAX_POINTS = 20_000
 # Above this many points, maps are fitted on a stratified sample of this size and the other
 # points placed with transform (Projector's max_fit): benchmarks/umap_scale.py.
 MAX_FIT = 50_000
-# Keys of the CLI's per-backbone syntax NAME[:key=value]...; see parse_backbone_spec.
-SPEC_KEYS = ("weights", "size", "layer", "pooling", "label", "seed")
-
-
-@dataclass
-class Panel:
-    """One backbone (or layer) on the page."""
-
-    label: str
-    coords: np.ndarray  # (n, 2), aligned onto the first panel's
-    metrics: dict[str, Any]  # see featx.separation.separation_metrics
-    predicted: np.ndarray  # leave-one-out k-NN label index of every point
-    details: dict[str, Any] = field(default_factory=dict)  # dim, cost, fingerprint, ...
-
-
-@dataclass
-class ReportData:
-    """Everything the writers draw; rows are images, in the same order in every panel."""
-
-    title: str
-    classes: list[str]
-    y: np.ndarray
-    names: list[str]  # what hovering shows as the image's path or name
-    thumbnails: list[str]  # data: URIs of small JPEGs, or "" where none
-    panels: list[Panel]
-    method: str
-    comparison: Any = None  # a featx.compare table (pandas.DataFrame), or None
-    tuning: Any = None  # a featx.tune results table (pandas.DataFrame), or None
-    tuning_caption: str = ""  # what tuning chose and scored, one line
-    n_points: int | None = None  # images in the report; more than len(y) when downsampled
-    max_points: int | None = None  # the display budget that chose the rows shown
-
-    @property
-    def n_total(self) -> int:
-        return len(self.y) if self.n_points is None else self.n_points
 
 
 def report(
@@ -107,12 +67,14 @@ def report(
     *,
     embeddings: Mapping[str, Any] | None = None,
     labels: Sequence[Any] | None = None,
-    backbones: Sequence[str | Mapping[str, Any] | Backbone] = ("MobileNetV2",),
+    backbones: Sequence[str | Mapping[str, Any] | Backbone | BackboneConfig] = ("MobileNetV2",),
     layers: Sequence[str | None] | None = None,
     weights: str | os.PathLike | None = "imagenet",
-    input_size: int | tuple[int, int] | None = None,
+    input_size: int | tuple[int, int] | list[Any] | None = None,
     pooling: str = "avg",
+    layer: str | None = None,
     resize: str = "stretch",
+    precision: str = "float32",
     method: str = "umap",
     out: str | os.PathLike | None = "report.html",
     png: str | os.PathLike | None = None,
@@ -130,8 +92,12 @@ def report(
     verbose: bool = False,
     max_points: int | None = MAX_POINTS,
     max_fit: int | None = MAX_FIT,
-) -> dict[str, Any]:
+) -> ReportResult:
     """Compare how backbones (or layers) separate classes; write HTML and a figure.
+
+    Each backbone embeds every image once (each split of a dataset root on its own, from
+    the cache where present); its map, its metrics and its rows of the classifier table
+    are all computed from those embeddings.
 
     Parameters
     ----------
@@ -140,12 +106,15 @@ def report(
         ``validation/`` and ``test/`` (all splits are shown together), a DataFrame
         with ``path`` and ``label`` columns, or any source :meth:`~featx.Extractor.extract`
         takes together with ``labels``.
-    embeddings : mapping of panel label to Embeddings or (X, y), optional
+    embeddings : mapping of panel label to Embeddings, (X, y), dict of splits or Embedded
         Instead of ``source``: embeddings already computed, one panel each (e.g.
-        ``{"MobileNetV2": Embeddings.load("emb", mmap_mode="r")}``). Every panel must
-        describe the same images with the same labels. Thumbnails come from
-        ``Embeddings.paths`` where those files exist; ``heads`` are not run (there are no
-        images to cross-validate a backbone on): pass ``comparison=`` to show a table.
+        ``{"MobileNetV2": Embeddings.load("emb", mmap_mode="r")}``, or
+        ``{"MobileNetV2": {"train": e1, "test": e2}}`` to keep a fixed test set for the
+        classifier table; the map shows every split). Every panel must describe the same
+        images with the same labels. Thumbnails come from ``Embeddings.paths`` where
+        those files exist. ``heads`` are evaluated on them as on extracted images. An
+        :class:`~featx.evaluation.Embedded` (what :func:`~featx.evaluation.embed_splits`
+        returns) also keeps its network's details for the tables.
     labels : sequence, optional
         One label per image, for sources that carry none (arrays, lists of paths).
     backbones : sequence, default ("MobileNetV2",)
@@ -156,8 +125,8 @@ def report(
     layers : sequence of str or None, optional
         Instead of several backbones, one panel per layer of the first backbone (``None``
         is its last block), e.g. ``["block_3_expand_relu", "block_9_expand_relu", None]``.
-    weights, input_size, pooling, resize, batch_size, seed
-        Defaults for backbones given by name.
+    weights, input_size, pooling, layer, resize, precision, batch_size, seed
+        Defaults for backbones given by name (see :class:`~featx.config.BackboneConfig`).
     method : {"umap", "pca", "tsne"}, default "umap"
     out : path or None, default "report.html"
         The interactive HTML page (self-contained, works offline).
@@ -191,14 +160,13 @@ def report(
 
     Returns
     -------
-    dict
-        JSON-ready: ``out``, ``png``, ``svg``, ``n_points``, ``n_shown`` (points drawn),
-        ``classes``, ``panels`` (label,
-        metrics, per-class separation, dim, cost), ``comparison`` and ``tuning`` (rows)
-        and ``seconds``.
+    ReportResult
+        ``summary()`` (what ``featx report --json`` prints, and what ``result[key]``
+        reads): ``out``, ``png``, ``svg``, ``n_points``, ``n_shown`` (points drawn),
+        ``classes``, ``panels`` (label, metrics, per-class separation, dim, cost),
+        ``comparison`` and ``tuning`` (rows) and ``seconds``; ``to_frame()``: one row
+        per panel; ``.data``: the :class:`~featx.report_model.ReportData` drawn.
     """
-    from featx.evaluation import _entries, _split_layout, compare
-
     start = time.perf_counter()
     from featx.projection import METHODS
 
@@ -213,36 +181,36 @@ def report(
         )
     tuning_fields = _tuning_fields(tuning)  # checked before any work
     timings: dict[str, float] = {}
+    images = None
     if embeddings is not None:
-        embedded = _precomputed(embeddings)
-        images, splits, entries = None, None, []
+        represented = _precomputed(embeddings)
     else:
-        entries, _ = _entries(
-            backbones, weights=weights, input_size=input_size, pooling=pooling, resize=resize,
-            batch_size=batch_size, seed=seed,
+        configs = entries(
+            backbones, weights=weights, input_size=input_size, pooling=pooling,
+            layer=layer, resize=resize, seed=seed, precision=precision,
         )  # fmt: skip
         if layers:
-            first = entries[0]
-            entries = [
-                type(first)(
-                    f"{first.label} / {layer or 'last block'}", {**first.params, "layer": layer}
-                )
-                for layer in layers
+            first = configs[0]
+            configs = [
+                first.replace(layer=name, label=f"{first.name} / {name or 'last block'}")
+                for name in layers
             ]
-        splits = _split_layout(source)  # a dataset root: every split on the maps
-        images = resolve_source(_labelled_source(splits) if splits else source, labels=labels)
-        if images.y is None:
-            raise ValueError(
-                "A report needs labelled images: a class-per-folder directory, a dataset root "
-                "with train/ and test/, a DataFrame with a label column, or labels=."
+        splits = split_layout(source)  # a dataset root: every split on the maps
+        if splits is None:
+            images = resolve_source(source, labels=labels)
+            if images.y is None:
+                raise ValueError(
+                    "A report needs labelled images: a class-per-folder directory, a dataset "
+                    "root with train/ and test/, a DataFrame with a label column, or labels=."
+                )
+            splits = Splits("nested-cv", {"all": images})
+        represented = {}
+        for config in configs:  # one extraction per backbone and split, one network at a time
+            represented[unique_label(config.name, represented)] = embed_splits(
+                splits, config, batch_size=batch_size, cache_dir=cache_dir, verbose=verbose
             )
-        embedded = []
-        for entry in entries:
-            extractor = Extractor(**entry.params, cache_dir=cache_dir, verbose=verbose)
-            emb = extractor.extract(images)
-            embedded.append((entry.label, emb, _details(emb, extractor)))
-            del extractor  # one network in memory at a time
-    cache = EmbeddingCache(default_cache_dir() if cache_dir == "auto" else cache_dir)
+    embedded = [(label, e.combined(), _details(e)) for label, e in represented.items()]
+    cache = EmbeddingCache(cache_dir)
     timings["extract"] = time.perf_counter() - start
 
     common = _common_rows([emb for _, emb, _ in embedded])
@@ -286,17 +254,11 @@ def report(
             panel.coords, panel.predicted = panel.coords[shown], panel.predicted[shown]
 
     mark = time.perf_counter()
-    if comparison is None and heads and images is not None:
-        comparison = compare(
-            source if splits else images,  # a dataset root keeps its own train/test protocol
-            backbones=[{**e.params, "label": e.label} for e in entries],
-            heads=list(heads),
-            baselines=False,
-            grids={h: {} for h in heads},
-            cv=cv,
-            cache_dir=cache_dir,
-            seed=seed,
-        )
+    if comparison is None and heads:
+        # The heads learn on the embeddings the maps were made of: nothing is extracted again.
+        comparison = compare_embedded(
+            represented, heads=list(heads), grids={h: {} for h in heads}, cv=cv, seed=seed
+        ).table
     timings["compare"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -328,37 +290,7 @@ def report(
             write_figure(data, path)
     timings["write"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
-    return _summary(data, out=out, png=png, svg=svg, seconds=timings)
-
-
-def _summary(data: ReportData, **extra: Any) -> dict[str, Any]:
-    """The JSON-ready description of a report (what ``featx report --json`` prints)."""
-    from featx.evaluation import _jsonable
-
-    def records(table: Any) -> list[dict[str, Any]] | None:
-        return None if table is None else json.loads(table.to_json(orient="records"))
-
-    return _jsonable(
-        {
-            "title": data.title,
-            "n_points": data.n_total,
-            "n_shown": len(data.y),
-            "classes": data.classes,
-            "method": data.method,
-            "panels": [
-                {
-                    "label": p.label,
-                    **p.details,
-                    "metrics": {k: v for k, v in p.metrics.items() if k != "per_class"},
-                    "per_class": p.metrics["per_class"],
-                }
-                for p in data.panels
-            ],
-            "comparison": records(data.comparison),
-            "tuning": records(data.tuning),
-            **{k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in extra.items()},
-        }
-    )
+    return ReportResult(data, out=out, png=png, svg=svg, seconds=timings)
 
 
 def _tuning_fields(tuning: Any) -> dict[str, Any]:
@@ -414,66 +346,7 @@ def _saved_table(path: str | os.PathLike, key: str, command: str):
     return pd.DataFrame(rows)
 
 
-def parse_backbone_spec(text: str) -> dict[str, Any]:
-    """``NAME[:key=value]...`` -> a backbone entry for :func:`report` and :func:`compare`.
-
-    Keys: ``weights`` (``imagenet``, ``none`` for seeded random weights, or a file path),
-    ``size``, ``layer``, ``pooling``, ``label``, ``seed``. A ``:`` starts a new key only
-    when a known key and ``=`` follow it, so paths may contain colons.
-
-    Examples
-    --------
-    >>> parse_backbone_spec("MobileNetV2:weights=none:size=160")
-    {'backbone': 'MobileNetV2', 'weights': None, 'input_size': 160}
-    >>> parse_backbone_spec("MobileNetV2:weights=w/mobilenet.h5:label=pretrained")
-    {'backbone': 'MobileNetV2', 'weights': 'w/mobilenet.h5', 'label': 'pretrained'}
-    """
-    pattern = r":(?=(?:" + "|".join(SPEC_KEYS) + r")=)"
-    name, *pairs = re.split(pattern, text.strip())
-    if not name:
-        raise ValueError(f"Backbone spec {text!r} has no backbone name, e.g. 'MobileNetV2'.")
-    entry: dict[str, Any] = {"backbone": name}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key == "weights":
-            entry["weights"] = None if value.lower() == "none" else value
-        elif key == "size":
-            entry["input_size"] = _size_value(value, text)
-        elif key == "seed":
-            entry["seed"] = int(value)
-        else:
-            entry[key] = value
-    return entry
-
-
-def _size_value(value: str, text: str) -> int | tuple[int, int]:
-    parts = value.lower().split("x")
-    if not all(p.isdigit() for p in parts) or len(parts) > 2:
-        raise ValueError(f"Backbone spec {text!r}: size={value!r} should be N or HxW.")
-    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-
-
 # -- steps ----------------------------------------------------------------------------------
-
-
-def _labelled_source(splits) -> Any:
-    """A dataset root's splits as one DataFrame of every split's images."""
-    import pandas as pd
-
-    frames = []
-    for split, folder in splits.sources.items():
-        found = resolve_source(folder)
-        if found.y is None:
-            raise ValueError(f"The {split} split {str(folder)!r} has no class subfolders.")
-        frames.append(
-            pd.DataFrame(
-                {
-                    "path": found.inputs,
-                    "label": [found.classes[i] for i in found.y],
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
 
 
 def _common_rows(embeddings: list[Embeddings]) -> np.ndarray:
@@ -528,23 +401,6 @@ def _align_all(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return align(reference, coords).astype(np.float32)
 
 
-def _details(emb: Embeddings, extractor: Extractor) -> dict[str, Any]:
-    identity = extractor.backbone.identity()
-    seconds_per_image = extractor.cache.seconds_per_image(extractor.fingerprint)
-    return {
-        "backbone": identity.get("architecture"),
-        "weights": str(identity.get("weights")),
-        "layer": identity.get("layer"),
-        "input_size": list(extractor.input_size),
-        "dim": emb.dim,
-        "ms_per_image": None if seconds_per_image is None else round(1000 * seconds_per_image, 3),
-        "cache_hits": emb.cache_hits,
-        "cache_misses": emb.cache_misses,
-        "extract_seconds": round(emb.seconds, 3),
-        "fingerprint": emb.fingerprint,
-    }
-
-
 def _thumbnails(items: Sequence[Any]) -> list[str]:
     """A small JPEG of each image (a path, pixels or PIL image), as a data: URI.
 
@@ -575,30 +431,62 @@ def _thumbnails(items: Sequence[Any]) -> list[str]:
     return out
 
 
-def _precomputed(embeddings: Mapping[str, Any]) -> list[tuple[str, Embeddings, dict]]:
-    """``report(embeddings=...)``'s panels as (label, Embeddings, details)."""
+def _details(embedded: Embedded) -> dict[str, Any]:
+    """What the page and ``--json`` say of a panel's representation."""
+    emb = embedded.combined()
+    spec = emb.spec or {}
+    members = spec.get("members")
+    identity = (members[0] if members else spec).get("backbone", {})
+    ms = embedded.ms_per_image
+    details = {
+        "backbone": identity.get("architecture"),
+        "weights": str(identity.get("weights")) if identity else None,
+        "layer": identity.get("layer"),
+        "input_size": embedded.representation.get("input_size"),
+        "dim": emb.dim,
+        "ms_per_image": None if ms is None else round(ms, 3),
+        "cache_hits": emb.cache_hits,
+        "cache_misses": emb.cache_misses,
+        "extract_seconds": round(emb.seconds, 3),
+        "fingerprint": emb.fingerprint or None,
+    }
+    if members:
+        details["members"] = len(members)
+    return details
+
+
+def _precomputed(embeddings: Mapping[str, Any]) -> dict[str, Embedded]:
+    """``report(embeddings=...)``'s panels: label -> every split of its embeddings."""
     if not isinstance(embeddings, Mapping) or not embeddings:
         raise ValueError(
-            "embeddings= must be a non-empty mapping of panel label to Embeddings or (X, y), "
-            f"e.g. {{'MobileNetV2': emb}}; got {type(embeddings).__name__}."
+            "embeddings= must be a non-empty mapping of panel label to Embeddings, (X, y) or "
+            f"a dict of splits, e.g. {{'MobileNetV2': emb}}; got {type(embeddings).__name__}."
         )
-    panels = []
+    panels = {}
     for label, value in embeddings.items():
-        if isinstance(value, Embeddings):
-            emb = value
-        elif isinstance(value, tuple) and len(value) == 2:
-            emb = _as_embeddings(label, *value)
-        else:
+        if isinstance(value, Embedded):  # as featx.evaluation.embed_splits made it
+            panels[str(label)] = value
+            continue
+        if isinstance(value, tuple) and len(value) == 2:
+            value = _as_embeddings(label, *value)
+        if not isinstance(value, (Embeddings, Mapping)):
             raise ValueError(
                 f"embeddings[{label!r}] is a {type(value).__name__}. Expected an Embeddings "
-                "(from Extractor.extract or Embeddings.load) or an (X, y) pair."
+                "(from Extractor.extract or Embeddings.load), a dict of split -> Embeddings, "
+                "or an (X, y) pair."
             )
-        if emb.y is None or emb.classes is None:
-            raise ValueError(
-                f"embeddings[{label!r}] has no labels; a report needs them. Pass (X, y)."
-            )
-        details = {"dim": emb.dim, "n": len(emb), "fingerprint": emb.fingerprint or None}
-        panels.append((str(label), emb, details))
+        splits = resolve_splits(value)
+        for split, emb in splits.sources.items():
+            if not isinstance(emb, Embeddings):
+                raise ValueError(
+                    f"embeddings[{label!r}][{split!r}] is a {type(emb).__name__}, not an "
+                    "Embeddings."
+                )
+            if emb.y is None or emb.classes is None:
+                raise ValueError(
+                    f"embeddings[{label!r}] has no labels; a report needs them. Pass (X, y)."
+                )
+        panels[str(label)] = embed_splits(splits, BackboneConfig())
     return panels
 
 

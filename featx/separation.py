@@ -8,6 +8,7 @@ Computed per backbone (or layer) in the full embedding space and in its 2-D map:
   class and b to the nearest other class; averaged. From -1 (mixed) to 1 (separate).
 - trustworthiness of the map (``sklearn.manifold.trustworthiness``): how far the 2-D
   neighbours of each point are also its neighbours in the full space; 1 is perfect.
+- centroid accuracy (leave-one-out): each image labelled by the nearest class mean.
 - per class: the nearest other class (smallest mean distance) and the margin (the class's
   mean silhouette against it: above 0, its images sit closer to each other than to that class).
 
@@ -17,6 +18,10 @@ neighbours exactly as cosine distance does. It ignores each backbone's overall f
 scale (randomly initialised networks output values near 1e-11). ``geometry="standardized"``
 uses Euclidean distance on standardised features instead. Quadratic-cost metrics run on a
 seeded, stratified sample above ``max_samples``; the result says how many points each used.
+
+:data:`METRICS` is the one list of these metrics: their names, headings, help and
+computation. The report page, the figure and ``featx report`` read it, so a new metric
+is one :class:`Metric` entry.
 
 Examples
 --------
@@ -32,6 +37,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,9 +48,17 @@ from sklearn.preprocessing import StandardScaler
 
 __all__ = [
     "GEOMETRIES",
+    "METRICS",
     "METRIC_HELP",
+    "METRIC_NAMES",
+    "PER_CLASS_HELP",
+    "Metric",
+    "Space",
+    "centroid_accuracy",
     "class_separation",
     "embedding_space",
+    "format_metric",
+    "headline",
     "knn_accuracy",
     "knn_predict",
     "separation_metrics",
@@ -51,21 +66,149 @@ __all__ = [
     "stratified_sample",
 ]
 
-METRIC_HELP = {
-    "knn_accuracy": "Leave-one-out k-NN accuracy in the full embedding space (cosine): each "
-    "image labelled by the majority of its k nearest other images.",
-    "knn_accuracy_2d": "The same k-NN accuracy on the 2-D map: how much class structure "
-    "the picture keeps.",
-    "silhouette": "Mean silhouette in the full space (unit-length embeddings), from -1 "
-    "(classes mixed) to 1 (compact, well-separated classes); near 0 is usual in high "
-    "dimensions, so compare backbones with each other.",
-    "silhouette_2d": "Mean silhouette on the 2-D map.",
-    "trustworthiness": "How far each point's neighbours on the map are also its neighbours "
-    "in the full space (1 = the map invents no false neighbours).",
+
+@dataclass(frozen=True)
+class Metric:
+    """One separation metric: how it is computed, named and shown.
+
+    The page's table, its panel titles, the figure's titles and ``featx report``'s
+    table all read :data:`METRICS`: a new metric is one entry there.
+
+    Attributes
+    ----------
+    name : str
+        Its key in :func:`separation_metrics`' result and ``--json``.
+    short : str
+        Its heading in titles and tables.
+    help : str
+        One sentence for the page's legend.
+    compute : callable
+        ``compute(space)`` -> float or None, from a :class:`Space`.
+    headline : bool
+        Shown in every panel's title (page and figure).
+    """
+
+    name: str
+    short: str
+    help: str
+    compute: Callable[[Space], float | None]
+    headline: bool = False
+
+
+@dataclass
+class Space:
+    """What a metric sees of one representation: full space, map, labels, samples."""
+
+    X: np.ndarray  # (n, d) in the metrics' geometry (unit-length rows for "cosine")
+    coords: np.ndarray  # (n, 2)
+    y: np.ndarray  # (n,) labels
+    k: int
+    knn_rows: np.ndarray  # rows of the k-NN metrics (all, or a stratified sample)
+    predicted: np.ndarray  # leave-one-out k-NN label of every knn row, -1 elsewhere
+    sample: np.ndarray  # rows of the O(n^2) metrics
+
+    @property
+    def several(self) -> bool:
+        return len(np.unique(self.y[self.sample])) > 1
+
+
+def _knn(space: Space) -> float:
+    rows = space.knn_rows
+    return float(np.mean(space.predicted[rows] == space.y[rows]))
+
+
+def _knn_2d(space: Space) -> float:
+    rows = space.knn_rows
+    return knn_accuracy(space.coords[rows], space.y[rows], space.k)
+
+
+def _silhouette_full(space: Space) -> float | None:
+    s = space.sample
+    return silhouette(space.X[s], space.y[s]) if space.several else None
+
+
+def _silhouette_map(space: Space) -> float | None:
+    s = space.sample
+    return silhouette(space.coords[s], space.y[s]) if space.several else None
+
+
+def _trust(space: Space) -> float:
+    from sklearn.manifold import trustworthiness
+
+    s = space.sample
+    k = max(1, min(space.k, len(s) // 2 - 1))
+    return float(trustworthiness(space.X[s], space.coords[s], n_neighbors=k))
+
+
+def _centroid(space: Space) -> float | None:
+    rows = space.knn_rows
+    return centroid_accuracy(space.X[rows], space.y[rows]) if space.several else None
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "knn_accuracy",
+        "k-NN",
+        "Leave-one-out k-NN accuracy in the full embedding space (cosine): each image "
+        "labelled by the majority of its k nearest other images.",
+        _knn,
+        headline=True,
+    ),
+    Metric(
+        "knn_accuracy_2d",
+        "k-NN 2-D",
+        "The same k-NN accuracy on the 2-D map: how much class structure the picture keeps.",
+        _knn_2d,
+    ),
+    Metric(
+        "silhouette",
+        "silhouette",
+        "Mean silhouette in the full space (unit-length embeddings), from -1 (classes "
+        "mixed) to 1 (compact, well-separated classes); near 0 is usual in high "
+        "dimensions, so compare backbones with each other.",
+        _silhouette_full,
+        headline=True,
+    ),
+    Metric("silhouette_2d", "silhouette 2-D", "Mean silhouette on the 2-D map.", _silhouette_map),
+    Metric(
+        "trustworthiness",
+        "trust",
+        "How far each point's neighbours on the map are also its neighbours in the full "
+        "space (1 = the map invents no false neighbours).",
+        _trust,
+        headline=True,
+    ),
+    Metric(
+        "centroid_accuracy",
+        "centroid",
+        "Leave-one-out nearest-class-mean accuracy in the full space (cosine): each image "
+        "labelled by the class whose mean embedding (without it) is closest. High when "
+        "classes are single compact blobs; below k-NN when a class has several modes.",
+        _centroid,
+        headline=True,
+    ),
+)
+METRIC_NAMES = tuple(m.name for m in METRICS)
+PER_CLASS_HELP = {
     "nearest_class": "Per class: the other class whose images are, on average, closest.",
     "margin": "Per class: mean silhouette against that nearest class; above 0 the class "
     "keeps to itself, below 0 it overlaps.",
 }
+# Every name a report explains: the metrics, then the per-class columns.
+METRIC_HELP = {**{m.name: m.help for m in METRICS}, **PER_CLASS_HELP}
+
+
+def format_metric(value: Any) -> str:
+    """A metric as tables show it: three decimals, or "-" where it is undefined."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def headline(metrics: dict[str, Any], separator: str = " | ") -> str:
+    """The panel-title line of a panel's metrics: its headline metrics, in table order."""
+    return separator.join(
+        f"{m.short} {format_metric(metrics.get(m.name))}" for m in METRICS if m.headline
+    )
+
 
 DEFAULT_K = 5
 MAX_SAMPLES = 5000
@@ -103,6 +246,40 @@ def knn_predict(X: Any, y: Any, k: int = DEFAULT_K) -> np.ndarray:
 def knn_accuracy(X: Any, y: Any, k: int = DEFAULT_K) -> float:
     """Leave-one-out k-NN accuracy (see :func:`knn_predict`)."""
     return float(np.mean(knn_predict(X, y, k) == np.asarray(y)))
+
+
+def centroid_accuracy(X: Any, y: Any) -> float:
+    """Leave-one-out nearest-class-mean accuracy with cosine similarity.
+
+    Each row is labelled by the class whose mean (of the other rows: its own class's mean
+    leaves it out) has the highest cosine similarity to it. A row alone in its class can
+    only be labelled with another class.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]])
+    >>> centroid_accuracy(X, [0, 0, 1, 1])
+    1.0
+    """
+    from sklearn.preprocessing import normalize
+
+    X = normalize(np.asarray(X, dtype=np.float64))
+    values, codes = np.unique(np.asarray(y), return_inverse=True)
+    if len(values) < 2:
+        raise ValueError("The centroid accuracy needs at least 2 classes.")
+    onehot = np.zeros((len(X), len(values)))
+    onehot[np.arange(len(X)), codes] = 1.0
+    sums = onehot.T @ X  # (classes, d)
+    centroids = normalize(sums)
+    similarity = X @ centroids.T  # every row against every class's full mean
+    own = sums[codes] - X  # its class's sum without itself
+    norms = np.linalg.norm(own, axis=1)
+    alone = norms < 1e-12
+    similarity[np.arange(len(X)), codes] = np.where(
+        alone, -np.inf, np.einsum("ij,ij->i", X, own) / np.where(alone, 1.0, norms)
+    )
+    return float(np.mean(similarity.argmax(axis=1) == codes))
 
 
 def _class_distances(X: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -233,13 +410,12 @@ def separation_metrics(
     Returns
     -------
     dict
-        ``knn_accuracy``, ``knn_accuracy_2d``, ``silhouette``, ``silhouette_2d``,
-        ``trustworthiness``, ``per_class`` (list of dicts), ``predicted`` (the leave-one-out
+        One value per :data:`METRICS` entry (``knn_accuracy``, ``knn_accuracy_2d``,
+        ``silhouette``, ``silhouette_2d``, ``trustworthiness``, ``centroid_accuracy``;
+        ``None`` where undefined), ``per_class`` (list of dicts), ``predicted`` (the leave-one-out
         k-NN label of every point, full space), ``k``, ``n``, ``n_sampled``, ``n_knn``
         (points the k-NN metrics used).
     """
-    from sklearn.manifold import trustworthiness
-
     X = embedding_space(X, geometry)
     coords = np.asarray(coords, dtype=np.float64)
     y = np.asarray(y)
@@ -254,17 +430,14 @@ def separation_metrics(
     if len(knn_rows) == len(y):
         predicted = predicted.astype(y.dtype)
     sample = stratified_sample(y, max_samples, seed)
-    Xs, Cs, ys = X[sample], coords[sample], y[sample]
-    several = len(np.unique(ys)) > 1
+    space = Space(X, coords, y, k, knn_rows, predicted, sample)
+    values = {}
+    for metric in METRICS:
+        value = metric.compute(space)
+        values[metric.name] = None if value is None else round(float(value), 4)
     return {
-        "knn_accuracy": round(float(np.mean(predicted[knn_rows] == y[knn_rows])), 4),
-        "knn_accuracy_2d": round(knn_accuracy(coords[knn_rows], y[knn_rows], k), 4),
-        "silhouette": round(silhouette(Xs, ys), 4) if several else None,
-        "silhouette_2d": round(silhouette(Cs, ys), 4) if several else None,
-        "trustworthiness": round(
-            float(trustworthiness(Xs, Cs, n_neighbors=max(1, min(k, len(Xs) // 2 - 1)))), 4
-        ),
-        "per_class": class_separation(Xs, ys, classes),
+        **values,
+        "per_class": class_separation(X[sample], y[sample], classes),
         "predicted": predicted,
         "k": k,
         "n": len(X),

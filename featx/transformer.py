@@ -24,29 +24,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from featx.augment import AugmentPolicy, View
 from featx.backbones import Backbone
-from featx.combine import CombinedExtractor, expand_members
+from featx.combine import CombinedExtractor
+from featx.config import CONFIG_KEYS, BackboneConfig
 from featx.sources import resolve_source
 
 __all__ = ["EmbeddingTransformer"]
 
-# The parameters handed to the extractor; the others (path_column) only read X.
-_EXTRACTOR_PARAMS = (
-    "backbone",
-    "weights",
-    "input_size",
-    "pooling",
-    "layer",
-    "resize",
-    "batch_size",
-    "cache_dir",
-    "seed",
-    "precision",
-    "verbose",
-    "tta",
-    "tta_combine",
-    "augment",
-)
-_MEMBER_PARAMS = ("weights", "input_size", "pooling", "layer", "resize", "seed", "precision")
+# The transformer's own parameters beside the BackboneConfig fields (label is display only).
+_NETWORK_PARAMS = tuple(k for k in CONFIG_KEYS if k != "label")
+_OPTIONS = ("batch_size", "cache_dir", "verbose", "tta", "tta_combine", "augment")
 
 
 class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -91,6 +77,9 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     precision : {"float32", "bfloat16", "float16"}, default "float32"
         Compute precision of a registry backbone; ``"float16"`` is for GPUs (see
         :class:`~featx.extract.Extractor`).
+    preprocess : callable, optional
+        The preprocessing of your own ``keras.Model`` (registry backbones always use their
+        family's ``preprocess_input``). Pass a module-level function so pipelines pickle.
     path_column : str, default "path"
         When ``X`` is a DataFrame: the column of image paths. A one-column DataFrame
         may name its column anything.
@@ -156,6 +145,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         tta: str | list[View | str | None] | None = None,
         tta_combine: str = "mean",
         augment: int | dict | AugmentPolicy | None = None,
+        preprocess: Any = None,
     ) -> None:
         self.backbone = backbone
         self.weights = weights
@@ -172,6 +162,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.tta = tta
         self.tta_combine = tta_combine
         self.augment = augment
+        self.preprocess = preprocess
 
     def fit(self, X: Any, y: Any = None) -> EmbeddingTransformer:
         """Check the parameters and the kind of ``X``; read no image.
@@ -229,7 +220,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         -------
         list of ndarray of shape (n_images, n_features_out_)
             One array per copy index, rows aligned with :meth:`transform`'s. Stack them
-            with :func:`featx.tuning.stack_copies` and split by its groups.
+            with :func:`featx.splits.stack_copies` and split by its groups.
 
         Examples
         --------
@@ -251,7 +242,7 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         return self.n_features_out_
 
     def _extractor_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _EXTRACTOR_PARAMS}
+        return {name: getattr(self, name) for name in (*_NETWORK_PARAMS, *_OPTIONS)}
 
     def _get_extractor(self) -> CombinedExtractor:
         """The fitted extractor; rebuilt after unpickling or when parameters changed."""
@@ -299,9 +290,9 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
 def _combined(params: dict[str, Any]) -> CombinedExtractor:
     """One extractor for every size, layer and view the parameters ask for."""
-    members = expand_members(params["backbone"], **{name: params[name] for name in _MEMBER_PARAMS})
+    config = BackboneConfig(**{name: params[name] for name in _NETWORK_PARAMS})
     return CombinedExtractor(
-        members,
+        config.members(),
         tta=params["tta"],
         tta_combine=params["tta_combine"],
         augment=params["augment"],

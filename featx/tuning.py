@@ -39,25 +39,36 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score
-from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import ParameterGrid
 from threadpoolctl import threadpool_limits
 
 from featx.augment import Compose, View, resolve_augment, resolve_tta, view_label
 from featx.backbones import Backbone, resolve_backbone
+from featx.config import as_sizes, size_label
 from featx.extract import Extractor
 from featx.heads import default_grid, make_head, resolve_grid
+from featx.learning import (
+    Candidate,
+    Features,
+    LearningData,
+    ProtocolRun,
+    fit_candidate,
+    run_protocol,
+    search,
+)
+from featx.results import Result, jsonable
+from featx.splits import INNER_FOLDS, Splits, align_splits, resolve_splits
 
 if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-__all__ = ["DEFAULT_SPACE", "TuneResult", "grouped_folds", "stack_copies", "tune"]
+__all__ = ["DEFAULT_SPACE", "TuneResult", "tune"]
 
 DEFAULT_SPACE: dict[str, list[Any]] = {
     "input_size": [160, 224, [160, 224]],
@@ -66,11 +77,10 @@ DEFAULT_SPACE: dict[str, list[Any]] = {
     "augment": [None],
     "head": ["logreg", "svm"],
 }
-INNER_FOLDS = 3
 
 
 @dataclass
-class TuneResult:
+class TuneResult(Result):
     """What :func:`tune` found.
 
     Attributes
@@ -116,9 +126,7 @@ class TuneResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: what ``featx tune --json`` prints."""
-        from featx.evaluation import _jsonable
-
-        return _jsonable(
+        return jsonable(
             {
                 "protocol": self.protocol,
                 "best": self.best,
@@ -132,6 +140,10 @@ class TuneResult:
                 "results": json.loads(self.results.to_json(orient="records")),
             }
         )
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every configuration tried: :attr:`results`."""
+        return self.results
 
 
 @dataclass(frozen=True)
@@ -148,14 +160,14 @@ class _Config:
 
     @property
     def name(self) -> str:
-        sizes = "+".join(str(s) for s in self.input_size)
+        sizes = "+".join(str(size_label(s)) for s in self.input_size)
         parts = [f"{sizes}px", self.pooling, f"tta={self.tta or 'none'}"]
         if self.augment:
             parts.append(f"aug={self.augment}")
         return " ".join([*parts, self.head])
 
     def as_dict(self) -> dict[str, Any]:
-        sizes = list(self.input_size)
+        sizes = [size_label(s) for s in self.input_size]
         return {
             "input_size": sizes[0] if len(sizes) == 1 else sizes,
             "tta": self.tta,
@@ -173,6 +185,8 @@ def tune(
     test: Any = None,
     backbone: str | Any = "MobileNetV2",
     weights: str | os.PathLike | None = "imagenet",
+    layer: str | None = None,
+    precision: str = "float32",
     space: Mapping[str, Sequence[Any]] | None = None,
     grids: Mapping[str, Mapping[str, Any]] | None = None,
     cv: int = 5,
@@ -192,7 +206,7 @@ def tune(
         The data, as for :func:`featx.evaluation.evaluate`: a dataset root with
         ``train/``, ``validation/`` and ``test/``, one class-per-folder source (nested
         cross-validation), or explicit splits.
-    backbone, weights
+    backbone, weights, layer, precision
         One network, as for :class:`~featx.Extractor`.
     space : dict, optional
         Values to search per dimension; missing keys take :data:`DEFAULT_SPACE`'s:
@@ -236,44 +250,70 @@ def tune(
     >>> found.pipeline.predict([str(root / "dark" / "0.png")]).tolist()
     ['dark']
     """
-    from featx.evaluation import _resolve_splits
-
     start = time.perf_counter()
     log = log or (lambda _: None)
     space = _space(space)
     configs = [
-        _Config(_as_sizes(size), tta, pooling, _copies(augment), head)
+        _Config(as_sizes(size), tta, pooling, _copies(augment), head)
         for size, tta, pooling, augment, head in itertools.product(
             space["input_size"], space["tta"], space["pooling"], space["augment"], space["head"]
         )
     ]
     grids = {kind: _head_grid(kind, (grids or {}).get(kind)) for kind in space["head"]}
-    splits = _resolve_splits(source, train, validation, test)
-    blocks = _Blocks(
-        backbone, weights, space, resize, cache_dir, batch_size, seed, verbose, splits.sources, log
-    )
-    search = _Search(configs, grids, blocks, inner_cv, seed, log)
+    splits = resolve_splits(source, train, validation, test)
+    network = {
+        "backbone": backbone,
+        "weights": weights,
+        "layer": layer,
+        "precision": precision,
+        "resize": resize,
+        "seed": seed,
+    }
+    options = {"cache_dir": cache_dir, "batch_size": batch_size, "verbose": verbose}
+    blocks = _Blocks(network, space, options, splits, log)
+    candidates = [
+        Candidate(c.name, c.features, make_head(c.head), tuple(grids[c.head]), c.augment or 0)
+        for c in configs
+    ]
+    data = LearningData(splits.protocol, blocks.classes, blocks.y, _Assembled(blocks, configs))
+    protocol = {
+        "cv": cv,
+        "inner_cv": inner_cv,
+        "seed": seed,
+        "grouped": True,
+        "search_single": True,
+        "log": log,
+    }
     with threadpool_limits(limits=1, user_api="blas"):
         if splits.protocol == "nested-cv":
-            found = search.nested(cv)
+            run = run_protocol(data, candidates, also_score=range(len(candidates)), **protocol)
+            found = _nested(run, configs)
+            # The final pipeline: the best configuration on average, its head parameters
+            # chosen by grouped inner CV on all the data.
+            best = found["best"]
+            scores, seconds = search(
+                data,
+                [candidates[best]],
+                "all",
+                data.rows("all"),
+                inner_cv=inner_cv,
+                seed=seed,
+                log=log,
+            )
+            run.fit_seconds[best] = run.fit_seconds.get(best, 0.0) + seconds.get(0, 0.0)
+            params = candidates[best].grid[int(np.argmax(scores[0]))]
+            fit_rows = {"all": data.rows("all")}
         else:
-            found = search.fixed("validation" in splits.sources)
-    best_config, params = found["best"]
-    pipeline = _pipeline(
-        best_config,
-        params,
-        blocks,
-        found["fit_rows"],
-        backbone,
-        weights,
-        resize,
-        cache_dir,
-        batch_size,
-        seed,
-    )
-    rows = search.table(found, best_config)
+            run = run_protocol(data, candidates, also_score=[0], **protocol)
+            found = _fixed(run, configs)
+            best = found["best"]
+            params = candidates[best].grid[run.folds[0].best(best)[0]]
+            fit_rows = run.folds[0].fit_rows
+    best_config = configs[best]
+    head = fit_candidate(data, candidates[best], params, fit_rows, names=True)
+    pipeline = _pipeline(best_config, head, blocks, network, options)
     return TuneResult(
-        results=rows,
+        results=_table(found, configs, data, blocks, run),
         best={**best_config.as_dict(), "params": params},
         protocol=splits.protocol,
         accuracy=found["accuracy"],
@@ -316,14 +356,6 @@ def _space(space: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Any]]:
     return merged
 
 
-def _as_sizes(size: Any) -> tuple[Any, ...]:
-    if isinstance(size, (list, tuple)) and not (
-        isinstance(size, tuple) and len(size) == 2 and all(isinstance(s, int) for s in size)
-    ):
-        return tuple(size)
-    return (size,)
-
-
 def _copies(augment: Any) -> int | None:
     policy = resolve_augment(augment)
     return None if policy is None else policy.copies
@@ -342,81 +374,81 @@ def _head_grid(kind: str, grid: Mapping[str, Any] | None) -> list[dict[str, Any]
 class _Blocks:
     """Extracts and keeps the embeddings every configuration is assembled from."""
 
-    def __init__(
-        self, backbone, weights, space, resize, cache_dir, batch_size, seed, verbose, sources, log
-    ) -> None:
+    def __init__(self, network: dict[str, Any], space, options, splits: Splits, log) -> None:
         poolings = set(space["pooling"])
-        if isinstance(backbone, Backbone):  # its own pooling: nothing to slice
+        if isinstance(network["backbone"], Backbone):  # its own pooling: nothing to slice
             if len(poolings) > 1:
                 raise ValueError(
                     f"space['pooling']={space['pooling']} searches poolings, but the backbone "
-                    f"{backbone.name!r} is a Backbone object with its own pooling. Search "
-                    "poolings with a registry name, a keras.Model or a model file."
+                    f"{network['backbone'].name!r} is a Backbone object with its own pooling. "
+                    "Search poolings with a registry name, a keras.Model or a model file."
                 )
             self.pooling = poolings.pop()
         else:
             # Both poolings come from one forward pass: always cache both, so that any
             # pooling of any later search is read back, not recomputed.
             self.pooling = "avg+max"
-        self.sources = sources
+        if splits.precomputed:
+            raise ValueError(
+                "tune() embeds the images at every size and view it searches; it cannot "
+                "search precomputed Embeddings. Pass the images (a folder, a dataset root, "
+                "or train=/test= sources)."
+            )
+        self.sources = splits.sources
         self.log = log
-        self._options = {"cache_dir": cache_dir, "batch_size": batch_size, "verbose": verbose}
-        self._resize = resize
-        self._backbone_args = (backbone, weights, seed)
+        self._network = network
+        self._options = options
         self._backbones: dict[Any, Any] = {}
-        self._data: dict[tuple, dict[str, np.ndarray]] = {}
-        self._ms: dict[tuple, float | None] = {}
-        self._first_size = _as_sizes(space["input_size"][0])[0]
+        self._data: dict[str, dict[str, np.ndarray]] = {}
+        self._ms: dict[str, float | None] = {}
+        self._first_size = as_sizes(space["input_size"][0])[0]
         copies = [c for c in space["augment"] if c]
         self.policy = resolve_augment(max(copies)) if copies else None
         self._read_labels()
 
     def _backbone(self, size: Any):
         if size not in self._backbones:
-            backbone, weights, seed = self._backbone_args
+            n = self._network
             self._backbones[size] = resolve_backbone(
-                backbone, weights=weights, input_size=size, pooling=self.pooling, seed=seed
+                n["backbone"],
+                weights=n["weights"],
+                input_size=size,
+                pooling=self.pooling,
+                layer=n["layer"],
+                seed=n["seed"],
+                precision=n["precision"],
             )
         return self._backbones[size]
 
     def _read_labels(self) -> None:
         """Labels and paths per split, from the plain extraction at the first size."""
-        from featx.evaluation import _align, _check_disjoint
-
-        embedded = {}
         extractor = self._extractor(self._first_size, None)
-        for split, src in self.sources.items():
-            e = extractor.extract(src, on_error="raise")
-            if e.y is None or e.classes is None:
-                raise ValueError(
-                    f"The {split} data has no labels. Expected class subfolders "
-                    "(root/<class>/<image>) or a DataFrame with a label column."
-                )
-            embedded[split] = e
-        _check_disjoint(embedded)
-        reference = embedded.get("train", embedded.get("all"))
-        self.classes = list(reference.classes)
-        self.y = {split: _align(e, self.classes, split) for split, e in embedded.items()}
+        embedded = {
+            split: extractor.extract(src, on_error="raise") for split, src in self.sources.items()
+        }
+        self.classes, self.y = align_splits(embedded)
         self.paths = {split: e.paths for split, e in embedded.items()}
 
     def _extractor(self, size: Any, view: View | None) -> Extractor:
-        return Extractor(self._backbone(size), resize=self._resize, view=view, **self._options)
+        return Extractor(
+            self._backbone(size), resize=self._network["resize"], view=view, **self._options
+        )
 
     def block(self, size: Any, view: View | None) -> dict[str, np.ndarray]:
         """Embeddings of every split for one (size, view), at the extraction pooling."""
-        key = _block_key(size, view)
+        extractor = self._extractor(size, view)
+        key = extractor.fingerprint
         if key not in self._data:
-            extractor = self._extractor(size, view)
             out = {}
             # Augmented copies are only ever trained on: the test split never needs them.
-            augmented = "augment" in key[1]
+            augmented = view is not None and "augment" in json.dumps(view.identity())
             for split, src in self.sources.items():
                 if augmented and split == "test":
                     continue
                 e = extractor.extract(src, on_error="raise")
                 out[split] = e.X
                 self.log(
-                    f"  {size}px {view_label(view)} {split}: {len(e)} images, "
+                    f"  {size_label(size)}px {view_label(view)} {split}: {len(e)} images, "
                     f"{e.cache_misses} computed, {e.seconds:.1f} s"
                 )
             seconds = extractor.cache.seconds_per_image(extractor.fingerprint)
@@ -453,15 +485,34 @@ class _Blocks:
             for v in resolve_tta(config.tta):
                 for view in [v] + [c if v is None else Compose([c, v]) for c in copies]:
                     self.block(size, view)
-                    ms = self._ms[_block_key(size, view)]
+                    ms = self._ms[self._extractor(size, view).fingerprint]
                     if ms is None:
                         return None
                     total += ms
         return round(total, 3)
 
 
-def _block_key(size: Any, view: View | None) -> tuple[Any, str]:
-    return size, json.dumps(None if view is None else view.identity(), sort_keys=True)
+class _Assembled(Mapping):
+    """The representations of the search, assembled from blocks on first use."""
+
+    def __init__(self, blocks: _Blocks, configs: list[_Config]) -> None:
+        self._blocks = blocks
+        self._configs = {c.features: c for c in configs}
+        self._made: dict[tuple, Features] = {}
+
+    def __getitem__(self, key: tuple) -> Features:
+        if key not in self._made:
+            config = self._configs[key]
+            originals = self._blocks.features(config)
+            copies = [self._blocks.features(config, c) for c in range(config.augment or 0)]
+            self._made[key] = Features(originals, copies)
+        return self._made[key]
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self._configs)
+
+    def __len__(self) -> int:
+        return len(self._configs)
 
 
 def _pool(block: dict[str, np.ndarray], have: str, want: str) -> dict[str, np.ndarray]:
@@ -472,282 +523,121 @@ def _pool(block: dict[str, np.ndarray], have: str, want: str) -> dict[str, np.nd
     return {split: X[:, part] for split, X in block.items()}
 
 
-# -- grouped copies ------------------------------------------------------------------------------
+# -- what the search found -----------------------------------------------------------------------
 
 
-def stack_copies(
-    X: np.ndarray, y: np.ndarray, copies: Sequence[np.ndarray], rows: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Originals ``X[rows]`` followed by each copy's same rows; and the group of each row.
-
-    The group is the original image's row number, so splitting by group keeps every
-    image and its copies on one side.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from featx.tuning import stack_copies
-    >>> X, y = np.arange(6.0).reshape(3, 2), np.array([0, 1, 0])
-    >>> Xs, ys, groups = stack_copies(X, y, [X + 100], rows=np.array([0, 2]))
-    >>> groups.tolist(), ys.tolist(), Xs[:, 0].tolist()
-    ([0, 2, 0, 2], [0, 0, 0, 0], [0.0, 4.0, 100.0, 104.0])
-    """
-    rows = np.arange(len(X)) if rows is None else np.asarray(rows)
-    Xs = np.concatenate([X[rows], *(c[rows] for c in copies)])
-    ys = np.tile(y[rows], 1 + len(copies))
-    groups = np.tile(rows, 1 + len(copies))
-    return Xs, ys, groups
+def _fixed(run: ProtocolRun, configs: list[_Config]) -> dict[str, Any]:
+    fold = run.folds[0]
+    return {
+        "scores": {
+            c: (run.candidates[i].grid[fold.best(i)[0]], fold.best(i)[1])
+            for i, c in enumerate(configs)
+        },
+        "best": fold.winner,
+        "accuracy": fold.test_accuracy[fold.winner],
+        # The baseline, scored on test beside the winner; it plays no part in the choice.
+        "baseline_accuracy": fold.test_accuracy[0],
+    }
 
 
-def grouped_folds(
-    y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified group k-fold over rows: ``(train, validation)`` row indices per fold.
-
-    No group is on both sides of a fold, and the validation side keeps one row per group
-    (its first: the original image, as :func:`stack_copies` orders them), so copies are
-    trained on but never scored.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from featx.tuning import grouped_folds
-    >>> groups = np.tile(np.arange(6), 2)
-    >>> y = np.tile([0, 1, 0, 1, 0, 1], 2)
-    >>> folds = grouped_folds(y, groups, n_splits=3, seed=0)
-    >>> all(not set(groups[t]) & set(groups[v]) for t, v in folds)
-    True
-    >>> [len(v) for _, v in folds]
-    [2, 2, 2]
-    """
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+def _nested(run: ProtocolRun, configs: list[_Config]) -> dict[str, Any]:
     folds = []
-    for train, val in splitter.split(np.zeros(len(y)), y, groups):
-        _, first = np.unique(groups[val], return_index=True)
-        folds.append((train, val[np.sort(first)]))
-    return folds
-
-
-# -- the search ----------------------------------------------------------------------------------
-
-
-class _Search:
-    def __init__(self, configs, grids, blocks: _Blocks, inner_cv: int, seed: int, log) -> None:
-        self.configs, self.grids, self.blocks = configs, grids, blocks
-        self.inner_cv, self.seed, self.log = inner_cv, seed, log
-        self._features: dict[tuple, tuple[dict, list[dict]]] = {}
-        self.fit_seconds: dict[_Config, float] = {}
-
-    def data(self, config: _Config) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
-        """Originals per split, and each augmented copy per split."""
-        key = config.features
-        if key not in self._features:
-            originals = self.blocks.features(config)
-            copies = [self.blocks.features(config, c) for c in range(config.augment or 0)]
-            self._features[key] = (originals, copies)
-        return self._features[key]
-
-    def _fit(self, config: _Config, params: dict, splits: dict[str, np.ndarray], names=False):
-        """Fit the head on the rows ``splits`` (split -> row indices), copies included;
-        with ``names``, on class names rather than class indices."""
-        originals, copies = self.data(config)
-        Xs, ys = [], []
-        for split, rows in splits.items():
-            X, y, _ = stack_copies(
-                originals[split], self.blocks.y[split], [c[split] for c in copies], rows
-            )
-            Xs.append(X)
-            ys.append(y)
-        started = time.perf_counter()
-        model = make_head(config.head).set_params(**params)
-        y = np.concatenate(ys)
-        labels = np.asarray(self.blocks.classes, dtype=object)[y] if names else y
-        model.fit(np.concatenate(Xs), labels)
-        self.fit_seconds[config] = self.fit_seconds.get(config, 0.0) + time.perf_counter() - started
-        return model
-
-    def _score(self, model, config: _Config, split: str, rows: np.ndarray) -> float:
-        X = self.data(config)[0][split][rows]
-        return float(accuracy_score(self.blocks.y[split][rows], model.predict(X)))
-
-    def _select(self, split: str, rows: np.ndarray, val_rows: np.ndarray | None, val_split: str):
-        """Every config x params scored (on validation, or by grouped inner CV on ``rows``).
-
-        Returns {config: (best params, score)}.
-        """
-        y = self.blocks.y[split]
-        if val_rows is None:
-            n_copies = max((c.augment or 0) for c in self.configs)
-            groups = np.tile(rows, 1 + n_copies)
-            folds = grouped_folds(np.tile(y[rows], 1 + n_copies), groups, self.inner_cv, self.seed)
-            # Folds of original rows (positions in ``rows``); copies follow their original.
-            inner = [(np.unique(groups[t]), np.unique(groups[v])) for t, v in folds]
-        scores = {}
-        for config in self.configs:
-            best = None
-            for params in self.grids[config.head]:
-                if val_rows is None:
-                    score = float(
-                        np.mean(
-                            [
-                                self._score(self._fit(config, params, {split: t}), config, split, v)
-                                for t, v in inner
-                            ]
-                        )
-                    )
-                else:
-                    model = self._fit(config, params, {split: rows})
-                    score = self._score(model, config, val_split, val_rows)
-                if best is None or score > best[1]:
-                    best = (params, score)
-            scores[config] = best
-            self.log(f"  {config.name}: {best[1]:.4f} {best[0]}")
-        return scores
-
-    def fixed(self, has_validation: bool) -> dict[str, Any]:
-        y = self.blocks.y
-        train = np.arange(len(y["train"]))
-        test = np.arange(len(y["test"]))
-        if has_validation:
-            val = np.arange(len(y["validation"]))
-            scores = self._select("train", train, val, "validation")
-            fit_rows = {"train": train, "validation": val}
-        else:
-            scores = self._select("train", train, None, "train")
-            fit_rows = {"train": train}
-        best = max(self.configs, key=lambda c: scores[c][1])  # first of equals
-        baseline = self.configs[0]
-        # The test split, touched once for the winner (and once for the baseline, reported
-        # beside it; it plays no part in the choice).
-        accuracy = self._score(self._fit(best, scores[best][0], fit_rows), best, "test", test)
-        base_accuracy = (
-            accuracy
-            if best == baseline
-            else self._score(
-                self._fit(baseline, scores[baseline][0], fit_rows), baseline, "test", test
-            )
+    for fold in run.folds:
+        index, score = fold.best(fold.winner)
+        folds.append(
+            {
+                "fold": fold.fold,
+                "best": configs[fold.winner].name,
+                "params": run.candidates[fold.winner].grid[index],
+                "inner_score": score,
+                "accuracy": fold.test_accuracy[fold.winner],
+            }
         )
-        return {
-            "scores": {c: s for c, s in scores.items()},
-            "best": (best, scores[best][0]),
-            "accuracy": accuracy,
-            "baseline_accuracy": base_accuracy,
-            "fit_rows": fit_rows,
-        }
+    accuracies = np.asarray([f["accuracy"] for f in folds])
+    # Each configuration's head parameters as chosen in every outer fold, e.g.
+    # {"clf__C": [0.01, 0.003, ...]}, with its inner score averaged over the folds.
+    scores = {}
+    for i, config in enumerate(configs):
+        chosen = [run.candidates[i].grid[f.best(i)[0]] for f in run.folds]
+        mean = float(np.mean([f.best(i)[1] for f in run.folds]))
+        scores[config] = ({k: [p[k] for p in chosen] for k in chosen[0]}, mean)
+    best = max(range(len(configs)), key=lambda i: scores[configs[i]][1])  # first of equals
+    return {
+        "scores": scores,
+        "outer": {
+            c: float(np.mean([f.test_accuracy[i] for f in run.folds]))
+            for i, c in enumerate(configs)
+        },
+        "best": best,
+        "accuracy": float(accuracies.mean()),
+        "accuracy_std": float(accuracies.std()),
+        "baseline_accuracy": float(np.mean([f.test_accuracy[0] for f in run.folds])),
+        "folds": folds,
+    }
 
-    def nested(self, cv: int) -> dict[str, Any]:
-        y = self.blocks.y["all"]
-        outer = StratifiedKFold(n_splits=cv, shuffle=True, random_state=self.seed)
-        inner_scores: dict[_Config, list[float]] = {c: [] for c in self.configs}
-        chosen: dict[_Config, list[dict]] = {c: [] for c in self.configs}
-        outer_scores: dict[_Config, list[float]] = {c: [] for c in self.configs}
-        folds = []
-        for k, (train, test) in enumerate(outer.split(np.zeros(len(y)), y)):
-            self.log(f"outer fold {k + 1}/{cv}")
-            scores = self._select("all", train, None, "all")
-            for config, (params, score) in scores.items():
-                inner_scores[config].append(score)
-                chosen[config].append(params)
-                model = self._fit(config, params, {"all": train})
-                outer_scores[config].append(self._score(model, config, "all", test))
-            winner = max(self.configs, key=lambda c: scores[c][1])
-            folds.append(
-                {
-                    "fold": k,
-                    "best": winner.name,
-                    "params": scores[winner][0],
-                    "inner_score": scores[winner][1],
-                    "accuracy": outer_scores[winner][-1],
-                }
-            )
-        accuracies = np.asarray([f["accuracy"] for f in folds])
-        # Each configuration's head parameters as chosen in every outer fold, e.g.
-        # {"clf__C": [0.01, 0.003, ...]}, with its inner score averaged over the folds.
-        mean_inner = {
-            c: ({k: [p[k] for p in chosen[c]] for k in chosen[c][0]}, float(np.mean(s)))
-            for c, s in inner_scores.items()
-        }
-        best = max(self.configs, key=lambda c: mean_inner[c][1])
-        # The final pipeline: the best configuration on average, its head parameters chosen
-        # by grouped inner CV on all the data.
-        params = self._select_params(best)
-        return {
-            "scores": mean_inner,
-            "outer": {c: float(np.mean(s)) for c, s in outer_scores.items()},
-            "best": (best, params),
-            "accuracy": float(accuracies.mean()),
-            "accuracy_std": float(accuracies.std()),
-            "baseline_accuracy": float(np.mean(outer_scores[self.configs[0]])),
-            "folds": folds,
-            "fit_rows": {"all": np.arange(len(y))},
-        }
 
-    def _select_params(self, config: _Config) -> dict[str, Any]:
-        saved = self.configs
-        self.configs = [config]
-        try:
-            rows = np.arange(len(self.blocks.y["all"]))
-            return self._select("all", rows, None, "all")[config][0]
-        finally:
-            self.configs = saved
+def _table(found, configs, data: LearningData, blocks: _Blocks, run: ProtocolRun):
+    import pandas as pd
 
-    def table(self, found: dict[str, Any], best: _Config) -> pd.DataFrame:
-        import pandas as pd
-
-        rows = []
-        for config in self.configs:
-            params, score = found["scores"][config]
-            rows.append(
-                {
-                    "name": config.name,
-                    **config.as_dict(),
-                    "params": json.dumps(params),
-                    "score": round(score, 4),
-                    "outer_accuracy": round(found["outer"][config], 4)
-                    if "outer" in found
-                    else float("nan"),
-                    "dim": self.data(config)[0][next(iter(self.blocks.sources))].shape[1],
-                    "ms_per_image": self.blocks.cost(config),
-                    "fit_seconds": round(self.fit_seconds.get(config, 0.0), 2),
-                    "baseline": config == self.configs[0],
-                    "best": config == best,
-                }
-            )
-        table = pd.DataFrame(rows)
-        table["augment"] = table["augment"].astype("Int64")  # copies, or <NA>: not 2.0
-        table["input_size"] = table["input_size"].map(
-            lambda s: "+".join(map(str, s)) if isinstance(s, list) else s
+    rows = []
+    for i, config in enumerate(configs):
+        params, score = found["scores"][config]
+        rows.append(
+            {
+                "name": config.name,
+                **config.as_dict(),
+                "params": json.dumps(params),
+                "score": round(score, 4),
+                "outer_accuracy": round(found["outer"][config], 4)
+                if "outer" in found
+                else float("nan"),
+                "dim": data.features[config.features].dim,
+                "ms_per_image": blocks.cost(config),
+                "fit_seconds": round(run.fit_seconds.get(i, 0.0), 2),
+                "baseline": i == 0,
+                "best": i == found["best"],
+            }
         )
-        return table
+    table = pd.DataFrame(rows)
+    table["augment"] = table["augment"].astype("Int64")  # copies, or <NA>: not 2.0
+    table["input_size"] = table["input_size"].map(
+        lambda s: "+".join(map(str, s)) if isinstance(s, list) else s
+    )
+    return table
 
 
 # -- the refitted pipeline -----------------------------------------------------------------------
 
 
-def _pipeline(
-    config, params, blocks, fit_rows, backbone, weights, resize, cache_dir, batch_size, seed
-):
-    """``EmbeddingTransformer`` + the head refitted on ``fit_rows`` (already embedded)."""
+def _pipeline(config: _Config, head, blocks: _Blocks, network: dict, options: dict):
+    """``EmbeddingTransformer`` + ``head`` (already fitted on class names)."""
     from sklearn.pipeline import Pipeline
 
     from featx.transformer import EmbeddingTransformer
 
-    search = _Search([config], {config.head: [params]}, blocks, INNER_FOLDS, seed, lambda _: None)
-    head = search._fit(config, params, fit_rows, names=True)
-    sizes = list(config.input_size)
+    sizes = [_size_value(s) for s in config.input_size]
     embed = EmbeddingTransformer(
-        backbone,
-        weights=weights,
+        network["backbone"],
+        weights=network["weights"],
         input_size=sizes[0] if len(sizes) == 1 else sizes,
         pooling=config.pooling,
+        layer=network["layer"],
+        precision=network["precision"],
         tta=config.tta,
         augment=config.augment,
-        resize=resize,
-        cache_dir=cache_dir,
-        batch_size=batch_size,
-        seed=seed,
+        resize=network["resize"],
+        cache_dir=options["cache_dir"],
+        batch_size=options["batch_size"],
+        seed=network["seed"],
     )
     first = next(iter(blocks.paths.values())) or []
     embed.fit(first[:1] or np.zeros((1, 32, 32, 3), np.uint8))
     # Fitted on class names, so the pipeline predicts names, as featx.classifier's do.
     return Pipeline([("embed", embed), ("head", head)])
+
+
+def _size_value(size: tuple[int, int] | None) -> Any:
+    """A size as the user would write it: 160 for a square, (h, w) otherwise."""
+    if size is None or size[0] != size[1]:
+        return size
+    return size[0]

@@ -122,13 +122,15 @@ def test_transformer_concatenates_sizes_and_averages_views():
 
 def test_members_expand_sizes_and_layers():
     members = expand_members("MobileNetV2", input_size=[160, 224], layer=[None, "block_13"])
-    assert [(m["input_size"], m["layer"]) for m in members] == [
-        (160, None),
-        (160, "block_13"),
-        (224, None),
-        (224, "block_13"),
+    # Each member is one network at one size and layer (a BackboneConfig).
+    assert [(m.input_size, m.layer) for m in members] == [
+        (((160, 160),), (None,)),
+        (((160, 160),), ("block_13",)),
+        (((224, 224),), (None,)),
+        (((224, 224),), ("block_13",)),
     ]
-    assert expand_members("MobileNetV2", input_size=(160, 120))[0]["input_size"] == (160, 120)
+    assert all(m.is_single for m in members)
+    assert expand_members("MobileNetV2", input_size=(160, 120))[0].input_size == ((160, 120),)
 
 
 def test_costs_report_dimension_and_time_per_member(image_folder, tmp_path):
@@ -162,7 +164,7 @@ def test_evaluate_and_compare_report_views_and_sizes(image_folder, tmp_path):
         tta="flip",
         cv=2,
         cache_dir=tmp_path,
-    )
+    ).table
     row = table.iloc[0]
     assert row["input_size"] == "32+48" and row["tta"] == "flip" and row["dim"] == 5120
     assert row["ms_per_image"] > 0
@@ -180,7 +182,7 @@ def test_compare_concatenates_several_backbones_in_one_row(image_folder, tmp_pat
         baselines=False,
         cv=2,
         cache_dir=tmp_path,
-    )
+    ).table
     row = table.iloc[0]
     assert row["backbone"] == "MobileNetV2 (random weights) + VGG16 (random weights)"
     assert row["dim"] == 1280 + 512 and row["ms_per_image"] > 0

@@ -99,7 +99,7 @@ DEMO = [
 
 def test_demo_compares_the_backbone_with_both_baselines(tmp_path, capsys):
     result = _run_json(capsys, [*DEMO, "--weights", "none", "--cache-dir", str(tmp_path / "c")])
-    assert result["extract"]["n_images"] == 1078  # the digits' 60% training split
+    assert result["extract"]["n_images"] == 1797  # every split, each image embedded once
     assert result["extract"]["warm"]["cache_misses"] == 0
     labels = [row["backbone"] for row in result["rows"]]
     assert labels == ["VGG16 (random init)", "raw pixels 16x16"]
@@ -138,7 +138,13 @@ def test_installed_command_runs(tmp_path):
     assert len(json.loads(done.stdout)["backbones"]) == len(list_backbones())
 
 
-def test_the_cli_offers_exactly_the_heads_featx_heads_builds():
-    from featx import cli, heads
+def test_the_cli_offers_exactly_the_heads_featx_heads_builds(capsys):
+    from featx import heads
 
-    assert cli._HEADS == heads.HEADS
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--head", "random-forest"])
+    message = capsys.readouterr().err
+    assert all(repr(kind) in message for kind in heads.HEADS)
+    assert main(["heads", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["heads"]
+    assert [row["name"] for row in listed] == list(heads.HEADS)

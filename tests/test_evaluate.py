@@ -130,7 +130,7 @@ def test_split_root_selects_on_validation_and_reports_test(split_root, tmp_path)
     assert set(result["extraction"]) == {"train", "validation", "test"}
     assert result["extraction"]["train"]["cache_misses"] == 18
     assert result["ms_per_image"] > 0
-    json.dumps(result, allow_nan=False)  # plain Python values only
+    json.dumps(result.summary(), allow_nan=False)  # plain Python values only
 
 
 def test_val_is_an_alias_of_validation(split_root):
@@ -177,7 +177,7 @@ def test_single_folder_runs_nested_cross_validation(flat_root):
     assert result["pooled"]["accuracy"] == 1.0
     assert np.asarray(result["confusion_matrix"]).sum() == 24
     assert set(result["extraction"]) == {"all"}
-    json.dumps(result, allow_nan=False)
+    json.dumps(result.summary(), allow_nan=False)
 
 
 def test_explicit_train_and_test(split_root):
@@ -192,7 +192,7 @@ def test_explicit_train_and_test(split_root):
 
 
 def test_results_are_deterministic(flat_root):
-    first, second = _evaluate(flat_root, cv=3), _evaluate(flat_root, cv=3)
+    first, second = _evaluate(flat_root, cv=3).summary(), _evaluate(flat_root, cv=3).summary()
     for result in (first, second):
         result.pop("fit_seconds")
         result.pop("extraction")
@@ -335,7 +335,7 @@ def test_compare_extracts_each_backbone_once_for_all_heads(split_root, tmp_path)
         "baselines": False,
         "cache_dir": tmp_path / "c",
     }
-    table = compare(split_root, **params)
+    table = compare(split_root, **params).table
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
     assert table[["backbone", "head"]].values.tolist() == [
         ["counting", "logreg"],
@@ -351,7 +351,7 @@ def test_compare_extracts_each_backbone_once_for_all_heads(split_root, tmp_path)
     assert (table["ms_per_image"] > 0).all()
     assert table["protocol"].eq("train-validation-test").all()
 
-    again = compare(split_root, **params)
+    again = compare(split_root, **params).table
     assert len(counting.seen) == 36
     assert (again["cache_misses"] == 0).all()
     assert again["ms_per_image"].tolist() == table["ms_per_image"].tolist()  # from the cache
@@ -363,7 +363,7 @@ def test_compare_under_cross_validation_reports_the_spread(flat_root):
     table = compare(
         flat_root, backbones=[CountingBackbone()], heads=["logreg"], baselines=False, cv=3,
         cache_dir=None,
-    )  # fmt: skip
+    ).table  # fmt: skip
     assert table["protocol"].tolist() == ["nested-cv"]
     assert table["accuracy_std"].notna().all()
     assert table["ms_per_image"].notna().all()  # measured, since there is no cache
@@ -385,7 +385,7 @@ def small_weights(tmp_path_factory) -> Path:
 
 def test_compare_adds_the_random_weights_and_raw_pixels_baselines(split_root, small_weights):
     entry = {"backbone": "MobileNetV2", "weights": small_weights, "input_size": 32}
-    table = compare(split_root, backbones=[entry], heads=["logreg"], cache_dir=None)
+    table = compare(split_root, backbones=[entry], heads=["logreg"], cache_dir=None).table
     assert table[["backbone", "input_size", "dim"]].values.tolist() == [
         ["MobileNetV2", 32, 1280],
         ["MobileNetV2 (random weights)", 32, 1280],
@@ -402,7 +402,7 @@ def test_compare_uses_an_entry_label(split_root):
         backbones=[{"backbone": CountingBackbone(), "label": "stats"}],
         heads=["logreg"],
         cache_dir=None,
-    )
+    ).table
     # A Backbone instance has no random-weights version: only the raw-pixels baseline.
     assert table["backbone"].tolist() == ["stats", "raw pixels 16x16"]
 
@@ -427,7 +427,7 @@ def test_compare_takes_a_keras_model_in_an_entry_with_its_own_weights(split_root
         weights=small_weights,
         baselines=False,
         cache_dir=None,
-    )
+    ).table
     assert table[["backbone", "weights", "dim"]].values.tolist() == [
         ["MobileNetV2", "small.weights.h5", 1280],
         ["mine", "own", 4],
@@ -484,7 +484,7 @@ def test_intel6_pretraining_beats_random_weights_and_pixels(tmp_path_factory):
         heads=("logreg",),
         cv=5,
         cache_dir=tmp_path_factory.mktemp("intel6-cache"),
-    )
+    ).table
     accuracy = dict(zip(table["backbone"], table["accuracy"], strict=True))
     # Measured (5-fold nested CV, mean +- std over folds): pretrained 0.908 +- 0.008,
     # random weights 0.561 +- 0.025, raw pixels 16x16 0.515 +- 0.028.

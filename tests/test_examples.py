@@ -14,7 +14,7 @@ from conftest import ROOT, SHARED, require_shared
 EXAMPLES = ROOT / "examples"
 
 
-def _run(script: str, tmp_path: Path, per_class: int) -> str:
+def _run(script: str, tmp_path: Path, per_class: int, *extra: str) -> str:
     require_shared()
     done = subprocess.run(
         [
@@ -26,6 +26,7 @@ def _run(script: str, tmp_path: Path, per_class: int) -> str:
             str(per_class),
             "--cache-dir",
             str(tmp_path / "cache"),
+            *extra,
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -80,3 +81,14 @@ def test_multiscale_tune(tmp_path):
     assert re.search(rf"report: intel6-tune\.html, \d+ points, {maps} map\(s\)", out)
     page = (tmp_path / "intel6-tune.html").read_text()
     assert "featx-tuning" in page
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_multiscale_tune_with_a_multi_size_winner(tmp_path):
+    # Only three-size candidates: the winner, refitted and mapped, is a concatenation of
+    # three sizes (3 x 1,280-d), the path that once crashed after the search.
+    out = _run("multiscale_tune.py", tmp_path, 6, "--sizes", "160+224+288")
+    assert len(re.findall(r"160\+224\+288px avg tta=(none|flip) logreg", out)) == 2
+    assert "refitted on all photos: {'input_size': [160, 224, 288]," in out
+    assert re.search(r"report: intel6-tune\.html, 36 points, 2 map\(s\)", out)

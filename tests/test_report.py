@@ -15,8 +15,8 @@ from PIL import Image
 
 import featx.projection
 from featx.backbones import RawPixels
-from featx.cli import main
-from featx.reporting import load_comparison, load_tuning, parse_backbone_spec, report
+from featx.cli import main, parse_backbone_spec
+from featx.reporting import load_comparison, load_tuning, report
 from featx.tuning import tune
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -78,7 +78,7 @@ def test_report_page_figure_and_summary(hostile_folder, tmp_path):
         assert panel["dim"] in (192, 48)
     assert [row["head"] for row in result["comparison"]] == ["logreg", "logreg"]
     assert [row["backbone"] for row in result["comparison"]] == labels
-    json.dumps(result)  # JSON-ready as it is
+    json.dumps(result.summary())  # JSON-ready as it is
 
 
 def test_classes_separate_in_the_metrics(hostile_folder, tmp_path):
@@ -327,7 +327,7 @@ def test_report_over_precomputed_embeddings_downsamples_the_page(tmp_path):
     X, y = _mixture()
     out = tmp_path / "report.html"
     result = report(embeddings={"first": (X, y), "second": (X[:, :6], y)}, method="pca",
-                    out=out, cache_dir=None, max_points=100)  # fmt: skip
+                    out=out, cache_dir=None, max_points=100, heads=())  # fmt: skip
     assert result["n_points"] == 803 and result["n_shown"] == 100
     assert result["classes"] == ["big", "other", "tiny"]
     assert [p["label"] for p in result["panels"]] == ["first", "second"]
@@ -338,7 +338,7 @@ def test_report_over_precomputed_embeddings_downsamples_the_page(tmp_path):
     shown = json.loads(re.search(r'\["label",(\[[^\]]*\])\]', page).group(1))  # point labels
     assert len(shown) == 100 and shown.count("tiny") == 3  # the class of 3 stays visible
     again = report(embeddings={"first": (X, y), "second": (X[:, :6], y)}, method="pca",
-                   out=None, cache_dir=None, max_points=100)  # fmt: skip
+                   out=None, cache_dir=None, max_points=100, heads=())  # fmt: skip
     assert again["panels"][0]["metrics"] == result["panels"][0]["metrics"]
 
 
@@ -351,7 +351,7 @@ def test_report_over_embeddings_objects_keeps_paths(image_folder, tmp_path):
 
     loaded = Embeddings.load(tmp_path / "emb", mmap_mode="r")
     result = report(embeddings={"pixels": loaded}, method="pca", out=tmp_path / "r.html",
-                    cache_dir=None)  # fmt: skip
+                    cache_dir=None, heads=())  # fmt: skip
     assert result["n_points"] == result["n_shown"] == len(emb) == 12
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert page.count("data:image/jpeg;base64,") == 12  # thumbnails from Embeddings.paths

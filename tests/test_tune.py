@@ -11,7 +11,8 @@ import pytest
 from conftest import MOBILENET_WEIGHTS, SHARED, CountingBackbone, random_image, require_shared
 
 from featx.cli import main
-from featx.tuning import grouped_folds, stack_copies, tune
+from featx.splits import grouped_folds, stack_copies
+from featx.tuning import tune
 
 tune_module = importlib.import_module("featx.tuning")
 
@@ -68,22 +69,24 @@ def test_copies_of_an_image_never_land_on_both_sides_of_a_split(seed, n_splits):
 
 
 def _record(monkeypatch) -> list[tuple[str, set, set]]:
-    """Every score: (split, original rows scored, original rows the model was fitted on)."""
+    """Every prediction: (split, original rows predicted, original rows the model was fitted on)."""
+    from featx.learning import _Fitter
+
     fitted: dict[int, set] = {}
     scored: list[tuple[str, set, set]] = []
-    real_fit, real_score = tune_module._Search._fit, tune_module._Search._score
+    real_fit, real_features = _Fitter.fit, _Fitter.features_of
 
-    def fit(self, config, params, splits, names=False):
-        model = real_fit(self, config, params, splits, names)
-        fitted[id(model)] = {(s, int(r)) for s, rows in splits.items() for r in rows}
+    def fit(self, c, cand, params, rows, names=False):
+        model = real_fit(self, c, cand, params, rows, names)
+        fitted[id(model)] = {(s, int(r)) for s, index in rows.items() for r in index}
         return model
 
-    def score(self, model, config, split, rows):
+    def features_of(self, model, cand, split, rows):
         scored.append((split, {(split, int(r)) for r in rows}, fitted[id(model)]))
-        return real_score(self, model, config, split, rows)
+        return real_features(self, model, cand, split, rows)
 
-    monkeypatch.setattr(tune_module._Search, "_fit", fit)
-    monkeypatch.setattr(tune_module._Search, "_score", score)
+    monkeypatch.setattr(_Fitter, "fit", fit)
+    monkeypatch.setattr(_Fitter, "features_of", features_of)
     return scored
 
 
