@@ -21,8 +21,12 @@ renamed into place and before its index transaction, ``FEATX_TEST_COMMIT_DELAY``
 the index transaction, just before ``COMMIT``, while the file ``OUT_PREFIX.committing``
 exists.
 
-Imported by the tests for :func:`start` and :func:`finish` (which drive it),
-:func:`reference` (the clean result, once per session) and :func:`index_counts`.
+Imported by the tests (``test_cache.py``) for what drives it: :func:`start` and
+:func:`finish`, :func:`start_together` (several workers released at once),
+:func:`run_and_kill` (the one kill harness: SIGKILL a worker at a chosen point of its cache
+writes) and :func:`reference` (the clean result, once per session); and for what a worker
+leaves on disk: :func:`index_counts`, :func:`shard_files`, :func:`temp_files`,
+:func:`indexed_paths`, :func:`unindexed_shards` and :func:`phase_on_disk`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +43,7 @@ import threading
 import time
 import warnings
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,7 @@ from featx.backbones import Backbone
 N_IMAGES = 200
 WORKER = Path(__file__).resolve()
 SHARDS_GLOB = "featx-v1/shards/*/*.npy"
+TEMP_GLOB = "featx-v1/shards/*/.*.npy.tmp"  # a shard being written
 INDEX = Path("featx-v1") / "index.sqlite"
 
 
@@ -110,6 +118,50 @@ def index_counts(cache_dir: Path) -> tuple[int, int]:
         return conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM vectors").fetchone()
 
 
+def shard_files(cache_dir: Path) -> list[Path]:
+    """The shard files in place under their final names, sorted."""
+    return sorted(cache_dir.glob(SHARDS_GLOB))
+
+
+def temp_files(cache_dir: Path) -> list[Path]:
+    """The temporary files of shards being written (or left by a writer killed mid-write)."""
+    return sorted(cache_dir.glob(TEMP_GLOB))
+
+
+def indexed_paths(cache_dir: Path) -> set[Path]:
+    """The shard files the index lists, whether or not they exist."""
+    root = cache_dir / "featx-v1"
+    with closing(sqlite3.connect(cache_dir / INDEX)) as conn:
+        return {root / path for (path,) in conn.execute("SELECT path FROM shards")}
+
+
+def unindexed_shards(cache_dir: Path) -> set[Path]:
+    """Shard files in place that the index does not list (orphans, or a commit to come)."""
+    files = shard_files(cache_dir)  # none before the schema exists: skip the query then
+    return set(files) - indexed_paths(cache_dir) if files else set()
+
+
+PHASES = {
+    "no-cache-yet": "killed before the cache was created",
+    "temp-file": "killed while writing a shard (its temporary file is on disk)",
+    "in-transaction": "killed inside the index transaction (shard on disk, rows uncommitted)",
+    "orphan-shard": "killed between the shard's rename and its index transaction",
+    "clean": "killed at a clean boundary (every shard file indexed, no temporary file)",
+}
+
+
+def phase_on_disk(cache_dir: Path, committing: Path) -> str:
+    """Which of :data:`PHASES` a kill landed in, judged only from what the process left on
+    disk (``committing``: the worker's ``OUT_PREFIX.committing`` marker)."""
+    if not (cache_dir / INDEX).exists():
+        return "no-cache-yet"
+    if temp_files(cache_dir):
+        return "temp-file"
+    if unindexed_shards(cache_dir):
+        return "in-transaction" if committing.exists() else "orphan-shard"
+    return "clean"
+
+
 def start(
     paths: list[str],
     cache_dir: Path | None,
@@ -146,6 +198,95 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def start_together(
+    jobs: dict[str, list[str]], cache_dir: Path, folder: Path, *, timeout: float = 180, **options
+) -> dict[str, subprocess.Popen]:
+    """Start one worker per job (``{name: paths}``, results to ``folder / name``) with
+    :func:`start`'s ``options``, release them at once once all are ready; return
+    ``{name: Popen}``."""
+    go = folder / "go"
+    procs = {
+        name: start(paths, cache_dir, folder / name, go=go, **options)
+        for name, paths in jobs.items()
+    }
+    deadline = time.monotonic() + timeout
+    while not all((folder / f"{name}.ready").exists() for name in jobs):
+        assert all(p.poll() is None for p in procs.values()), "a worker died before the start"
+        assert time.monotonic() < deadline, "the workers never got ready"
+        time.sleep(0.01)
+    go.touch()
+    return procs
+
+
+@dataclass(frozen=True)
+class Kill:
+    """What :func:`run_and_kill` saw: how long after the start it killed the worker, how
+    many shard files were then in place, and the phase (of :data:`PHASES`) it landed in."""
+
+    seconds: float
+    shard_files: int
+    phase: str
+
+    def __str__(self) -> str:
+        return (
+            f"killed after {self.seconds:.2f}s with {self.shard_files} shard files ({self.phase})"
+        )
+
+
+def run_and_kill(
+    paths: list[str],
+    cache_dir: Path,
+    out: Path,
+    *,
+    new_shards: int = 0,
+    temp: bool = False,
+    committing: bool = False,
+    pause: tuple[float, float] = (0.0, 0.0),
+    rng: random.Random | None = None,
+    timeout: float = 60,
+    **options,
+) -> Kill:
+    """Start a worker (:func:`start` with ``options``) and SIGKILL it at a chosen point.
+
+    The point: once ``new_shards`` more shard files are in place than before the start,
+    then (with ``temp``) once a shard's temporary file exists, then (with ``committing``)
+    once the worker is inside its index transaction, then after a pause drawn uniformly
+    from ``pause`` seconds by ``rng`` (seeded ``Random(0)`` if not given). With the
+    defaults, the kill comes that pause after the start. Fails if the point does not come
+    within ``timeout`` seconds, or if the worker ended before the kill.
+    """
+    rng = random.Random(0) if rng is None else rng
+    extra = rng.uniform(*pause)
+    before = len(shard_files(cache_dir))
+    marker = Path(f"{out}.committing")
+    proc = start(paths, cache_dir, out, **options)
+    started = time.monotonic()
+    point = f"new_shards={new_shards}, temp={temp}, committing={committing}"
+
+    def wait_for(condition) -> None:
+        while proc.poll() is None and not condition():
+            assert time.monotonic() < started + timeout, f"{out.name}: {point} never came"
+            time.sleep(0.001)
+
+    try:
+        wait_for(lambda: len(shard_files(cache_dir)) >= before + new_shards)
+        if temp:
+            wait_for(lambda: bool(temp_files(cache_dir)))
+        if committing:
+            wait_for(marker.exists)
+        time.sleep(extra)
+        seconds = time.monotonic() - started
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (
+        f"{out.name} ({point}): the worker ended by itself before the kill:\n"
+        f"{out.with_suffix('.log').read_text()}"
+    )
+    return Kill(seconds, len(shard_files(cache_dir)), phase_on_disk(cache_dir, marker))
 
 
 def finish(proc: subprocess.Popen, out: Path, timeout: float = 180) -> tuple:

@@ -1,9 +1,15 @@
-"""The extractor and its cache: each image computed once, nothing stale reused."""
+"""The extractor and its cache: each image computed once, nothing stale reused (a changed
+image, a changed fingerprint, a weights file replaced at the same path).
+
+The cache's own contract (kills, concurrent writers, disk faults, verify) is in
+``test_cache.py``.
+"""
 
 from __future__ import annotations
 
-import sqlite3
+import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,13 +86,6 @@ def test_cache_dir_auto_follows_the_environment(image_folder, tmp_path, monkeypa
     assert extractor.cache.info()["n_vectors"] == 12
 
 
-def test_cache_holds_one_row_per_image(image_folder, tmp_path):
-    _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
-    _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
-    with sqlite3.connect(tmp_path / "c" / "featx-v1" / "index.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 12
-
-
 def _fingerprint(**params) -> str:
     size = params.pop("size", 16)
     tag = params.pop("tag", "v1")
@@ -149,29 +148,6 @@ def test_embedding_does_not_depend_on_batch_neighbours():
     np.testing.assert_array_equal(full.X[3:8], part.X)
 
 
-def test_unwritable_cache_dir_warns_and_still_extracts(image_folder, tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    with pytest.warns(UserWarning, match="cannot be used"):
-        extractor = _extractor(CountingBackbone(), blocker / "cache")
-    result = extractor.extract(image_folder)
-    assert len(result) == 12
-    assert not extractor.cache.enabled
-
-
-def test_failing_cache_write_warns_and_keeps_results(image_folder, tmp_path, monkeypatch):
-    extractor = _extractor(CountingBackbone(), tmp_path / "c")
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(extractor.cache, "put", disk_full)
-    with pytest.warns(UserWarning, match="No space left on device"):
-        result = extractor.extract(image_folder)
-    assert len(result) == 12
-    assert extractor.cache.info()["n_vectors"] == 0
-
-
 def test_save_and_load_round_trip(image_folder, tmp_path):
     result = _extractor(CountingBackbone(), None).extract(image_folder)
     result.save(tmp_path / "e.npz")
@@ -205,20 +181,11 @@ def test_bad_parameters_are_refused(param, match):
 
 
 def test_extract_warns_nothing_on_a_clean_run(image_folder, tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
-
-
-def test_cost_per_image_is_recorded_and_survives_warm_runs(image_folder, tmp_path):
-    first = _extractor(CountingBackbone(), tmp_path / "c")
-    first.extract(image_folder)
-    cost = first.cache.seconds_per_image(first.fingerprint)
-    assert cost is not None and cost > 0
-    again = _extractor(CountingBackbone(), tmp_path / "c")
-    again.extract(image_folder)  # all cached: computes nothing, so the record is unchanged
-    assert again.cache.seconds_per_image(again.fingerprint) == cost
-    assert again.cache.info()["fingerprints"][0]["ms_per_image"] > 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _extractor(CountingBackbone(), tmp_path / "c").extract(image_folder)
+    assert [str(w.message) for w in caught] == []
+    assert len(result) == 12 and result.cache_misses == 12
 
 
 def test_raw_pixels_baseline_goes_through_the_same_pipeline(image_folder):
@@ -228,3 +195,57 @@ def test_raw_pixels_baseline_goes_through_the_same_pipeline(image_folder):
     assert result.X.shape == (12, 8 * 8 * 3)
     assert result.X.min() >= 0.0 and result.X.max() <= 1.0
     assert result.classes == ["cat", "dog", "fish"]
+
+
+# -- weights replaced at the same path --------------------------------------------------------
+
+# An image modified in place is embedded again (test_image_modified_in_place_is_embedded_again
+# above); a weights file's fingerprint follows its content
+# (test_backbones.py::test_weights_file_is_fingerprinted_by_content). Below, the same end to
+# end, through the cache.
+
+
+def _weights_file(path: Path, seed: int) -> None:
+    from featx.backbones import KerasBackbone
+
+    KerasBackbone("MobileNetV2", weights=None, input_size=32, seed=seed).model.save_weights(path)
+
+
+def _keras(weights, cache_dir) -> Extractor:
+    return Extractor(
+        "MobileNetV2",
+        weights=weights,
+        input_size=32,
+        batch_size=4,
+        cache_dir=cache_dir,
+        verbose=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_images() -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 255, (6, 40, 40, 3), dtype=np.uint8)
+
+
+def test_weights_replaced_at_the_same_path_are_not_served_stale(small_images, tmp_path):
+    path = tmp_path / "model.weights.h5"
+    _weights_file(path, seed=1)
+    first = _keras(path, tmp_path / "c").extract(small_images)
+    _weights_file(path, seed=2)  # a new checkpoint over the old one
+    second = _keras(path, tmp_path / "c").extract(small_images)
+    assert second.cache_misses == 6 and second.fingerprint != first.fingerprint
+    np.testing.assert_array_equal(second.X, _keras(path, None).extract(small_images).X)
+    assert not np.array_equal(first.X, second.X)
+
+
+def test_weights_replaced_after_the_extractor_is_built_are_not_cached_stale(small_images, tmp_path):
+    path, original = tmp_path / "model.weights.h5", tmp_path / "original.weights.h5"
+    _weights_file(original, seed=1)
+    shutil.copy(original, path)
+    long_lived = _keras(path, tmp_path / "c")  # e.g. built in a notebook cell
+    _weights_file(path, seed=2)
+    with pytest.raises(RuntimeError, match="changed since this extractor was created"):
+        long_lived.extract(small_images)
+    shutil.copy(original, path)  # the original weights again: their vectors must be served
+    expected = _keras(path, None).extract(small_images).X
+    np.testing.assert_array_equal(_keras(path, tmp_path / "c").extract(small_images).X, expected)

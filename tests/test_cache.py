@@ -1,11 +1,14 @@
-"""Reliability: kills at every phase of a cache write, concurrent writers, disk faults,
-stale inputs, and what ``EmbeddingCache.verify`` finds and repairs.
+"""The cache's own contract: what :class:`featx.cache.EmbeddingCache` keeps survives kills
+at every phase of a write, concurrent writers, disk faults and failed index transactions;
+``EmbeddingCache.verify`` finds and repairs damage; a cache that cannot be used degrades
+to no cache, with a warning.
 
-The kill and most concurrency tests run the TensorFlow-free worker mode of
-``_extract_worker.py`` (``backbone="numpy"``, a deterministic stand-in network): a
-process starts in a fraction of a second, so one test can afford two dozen kills. The
-real-TensorFlow crash tests are in ``test_resume.py``; one test below runs four real
-TensorFlow extractions at once.
+The kill and most concurrency tests run real extractions in subprocesses
+(``_extract_worker.py``), killed with :func:`_extract_worker.run_and_kill`. Most use its
+TensorFlow-free mode (``backbone="numpy"``, a deterministic stand-in network): a process
+starts in a fraction of a second, so one test can afford two dozen kills. The others run a
+seeded random MobileNetV2 (batches of 8): kills of a real TensorFlow extraction, and
+several TensorFlow processes filling one cache at once.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import stat
+import subprocess
+import sys
+import threading
 import time
 import warnings
 from collections import Counter
-from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +34,19 @@ import pytest
 from _extract_worker import (
     INDEX,
     N_IMAGES,
+    PHASES,
     SHARDS_GLOB,
     NumpyBackbone,
     finish,
     index_counts,
+    indexed_paths,
     reference,
+    run_and_kill,
+    shard_files,
     start,
+    start_together,
+    temp_files,
+    unindexed_shards,
 )
 from conftest import CountingBackbone
 
@@ -45,8 +55,8 @@ from featx._pipeline import content_key as _content_key
 from featx.cache import EmbeddingCache
 from featx.cli import main as cli_main
 
+BATCH = 8  # the worker's batch size
 N_CHAIN = 400  # images of the kill chain: 50 batches of 8
-TEMP_GLOB = "featx-v1/shards/*/.*.npy.tmp"
 FINDINGS = (
     "dangling_vectors",
     "bad_rows",
@@ -57,6 +67,13 @@ FINDINGS = (
     "orphan_files",
     "temp_files",
 )
+FP = "f" * 64
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> tuple[list[str], np.ndarray]:
+    """The session's images and their MobileNetV2 vectors from a worker run without a cache."""
+    return reference(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -65,32 +82,36 @@ def numpy_clean(tmp_path_factory) -> tuple[list[str], np.ndarray]:
     return reference(tmp_path_factory, N_CHAIN, backbone="numpy")
 
 
-# -- what is on disk --------------------------------------------------------------------------
+# -- checks -----------------------------------------------------------------------------------
 
 
-def _shard_files(cache_dir: Path) -> set[str]:
-    return {p.relative_to(cache_dir / "featx-v1").as_posix() for p in cache_dir.glob(SHARDS_GLOB)}
+def _check_left_consistent(
+    cache_dir: Path, paths: list[str], clean_X: np.ndarray, fingerprint: str | None = None
+) -> int:
+    """Every row a killed process indexed has its intact vector (read without a warning),
+    equal to the clean one; with ``fingerprint``, it is the one indexed.
 
-
-def _temp_files(cache_dir: Path) -> list[Path]:
-    return sorted(cache_dir.glob(TEMP_GLOB))
-
-
-def _indexed_paths(cache_dir: Path) -> set[str]:
-    with closing(sqlite3.connect(cache_dir / INDEX)) as conn:
-        return {path for (path,) in conn.execute("SELECT path FROM shards")}
-
-
-def _unindexed_shards(cache_dir: Path) -> set[str]:
-    files = _shard_files(cache_dir)  # none before the schema exists: skip the query then
-    return files - _indexed_paths(cache_dir) if files else set()
-
-
-def _age(cache_dir: Path, seconds: float = 3600) -> None:
-    """Make every file under the shards folder ``seconds`` old, as if left long ago."""
-    then = time.time() - seconds
-    for path in (cache_dir / "featx-v1" / "shards").rglob("*"):
-        os.utime(path, (then, then))
+    Returns the number of indexed images.
+    """
+    if not (cache_dir / INDEX).exists():
+        return 0  # killed before the cache was created
+    cache = EmbeddingCache(cache_dir)  # completes the schema if the kill came mid-creation
+    info = cache.info()  # must not raise on a cache left by a killed process
+    rows, distinct = index_counts(cache_dir)
+    assert rows == distinct == info["n_vectors"]
+    if rows == 0:
+        cache.close()
+        return 0
+    (entry,) = info["fingerprints"]
+    assert fingerprint in (None, entry["fingerprint"]), info
+    keys = [_content_key(Path(p).read_bytes()) for p in paths]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dropped shard (missing or corrupt) fails here
+        found, vectors = cache.get(entry["fingerprint"], keys, entry["dim"])
+    cache.close()
+    assert found.sum() == rows, "an index row has no vector"
+    np.testing.assert_array_equal(vectors[found], clean_X[found])
+    return rows
 
 
 def _assert_clean(report: dict) -> None:
@@ -100,27 +121,15 @@ def _assert_clean(report: dict) -> None:
     assert {name: report[name] for name in FINDINGS} == dict.fromkeys(FINDINGS, 0), report
 
 
-def _check_left_consistent(cache_dir: Path, paths: list[str], clean_X: np.ndarray) -> int:
-    """Every indexed vector is readable (no warning) and equal to the clean one; returns
-    how many images are indexed."""
-    if not (cache_dir / INDEX).exists():
-        return 0
-    cache = EmbeddingCache(cache_dir)  # completes the schema if the kill came mid-creation
-    rows, distinct = index_counts(cache_dir)
-    assert rows == distinct
-    fingerprint = Extractor(NumpyBackbone(), cache_dir=None).fingerprint
-    keys = [_content_key(Path(p).read_bytes()) for p in paths]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a dropped (missing or corrupt) shard fails here
-        found, vectors = cache.get(fingerprint, keys, NumpyBackbone().dim)
-    cache.close()
-    assert found.sum() == rows, "an index row has no vector"
-    np.testing.assert_array_equal(vectors[found], clean_X[found])
-    return rows
+def _age(cache_dir: Path, seconds: float = 3600) -> None:
+    """Make every file under the shards folder ``seconds`` old, as if left long ago."""
+    then = time.time() - seconds
+    for path in (cache_dir / "featx-v1" / "shards").rglob("*"):
+        os.utime(path, (then, then))
 
 
 def _extract_here(paths: list[str], cache_dir: Path):
-    """The worker's extraction, in this process (no process start-up to pay)."""
+    """The numpy worker's extraction, in this process (no process start-up to pay)."""
     ex = Extractor(NumpyBackbone(), batch_size=8, cache_dir=cache_dir, verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no cache warning of any kind
@@ -129,97 +138,37 @@ def _extract_here(paths: list[str], cache_dir: Path):
     return result
 
 
+def _extractor(cache_dir) -> Extractor:
+    return Extractor(CountingBackbone(), cache_dir=cache_dir, verbose=False, batch_size=4)
+
+
 def _cache_warnings(report: dict) -> list[str]:
     return [w for w in report["warnings"] if "cache" in w.lower()]
 
 
 # -- kills ------------------------------------------------------------------------------------
 
-
-@dataclass
-class KillPoint:
-    """When to SIGKILL a worker: after ``new_shards`` more shard files exist, then (with
-    ``temp``) once a temporary file exists, or (with ``committing``) once the worker is
-    inside its index transaction, then after a random pause drawn from ``pause``."""
-
-    name: str
-    new_shards: int = 0
-    temp: bool = False
-    committing: bool = False
-    pause: tuple[float, float] = (0.0, 0.0)
-    delays: dict = field(default_factory=dict)
-
-
+NUMPY_WORKER = {"backbone": "numpy", "delay": 0.02}
 STRETCH = 0.3  # seconds a worker pauses inside the aimed-at phase
 JITTER = {"write_delay": 0.02, "rename_delay": 0.02, "commit_delay": 0.02}
 
 
-def _schedule() -> list[KillPoint]:
+def _schedule() -> list[tuple[str, dict]]:
+    """The chain's kill points: ``(name, run_and_kill's arguments)``."""
     points = []
     for r in range(4):
         points += [
-            KillPoint(f"{r}:startup", pause=(0.0, 0.35)),
-            KillPoint(f"{r}:after-{1 + r % 2}-shards", new_shards=1 + r % 2),
-            KillPoint(f"{r}:writing", new_shards=r % 2, temp=True, delays={"write_delay": STRETCH}),
-            KillPoint(f"{r}:renamed", new_shards=1 + r % 2, delays={"rename_delay": STRETCH}),
-            KillPoint(
+            (f"{r}:startup", {"pause": (0.0, 0.35)}),
+            (f"{r}:after-{1 + r % 2}-shards", {"new_shards": 1 + r % 2}),
+            (f"{r}:writing", {"new_shards": r % 2, "temp": True, "write_delay": STRETCH}),
+            (f"{r}:renamed", {"new_shards": 1 + r % 2, "rename_delay": STRETCH}),
+            (
                 f"{r}:committing",
-                new_shards=r % 2,
-                committing=True,
-                delays={"commit_delay": STRETCH},
+                {"new_shards": r % 2, "committing": True, "commit_delay": STRETCH},
             ),
-            KillPoint(f"{r}:random", new_shards=1, pause=(0.0, 0.08), delays=JITTER),
+            (f"{r}:random", {"new_shards": 1, "pause": (0.0, 0.08), **JITTER}),
         ]
     return points
-
-
-PHASES = {
-    "no-cache-yet": "killed before the cache was created",
-    "temp-file": "killed while writing a shard (its temporary file is on disk)",
-    "in-transaction": "killed inside the index transaction (shard on disk, rows uncommitted)",
-    "orphan-shard": "killed between the shard's rename and its index transaction",
-    "clean": "killed at a clean boundary (every shard file indexed, no temporary file)",
-}
-
-
-def _phase_on_disk(cache_dir: Path, committing: Path) -> str:
-    """Which phase a kill landed in, judged only from what the process left on disk."""
-    if not (cache_dir / INDEX).exists():
-        return "no-cache-yet"
-    if _temp_files(cache_dir):
-        return "temp-file"
-    if _unindexed_shards(cache_dir):
-        return "in-transaction" if committing.exists() else "orphan-shard"
-    return "clean"
-
-
-def _kill_at(point: KillPoint, paths, cache_dir: Path, out: Path, rng: random.Random) -> str:
-    """Run a worker, SIGKILL it at ``point``; return the phase it was killed in."""
-    before = len(_shard_files(cache_dir)) if cache_dir.exists() else 0
-    committing = Path(f"{out}.committing")
-    proc = start(paths, cache_dir, out, backbone="numpy", delay=0.02, **point.delays)
-    deadline = time.monotonic() + 60
-
-    def wait_for(condition) -> None:
-        while proc.poll() is None and not condition():
-            assert time.monotonic() < deadline, f"{point.name}: the kill point never came"
-            time.sleep(0.001)
-
-    try:
-        wait_for(lambda: len(_shard_files(cache_dir)) >= before + point.new_shards)
-        if point.temp:
-            wait_for(lambda: bool(_temp_files(cache_dir)))
-        if point.committing:
-            wait_for(committing.exists)
-        time.sleep(rng.uniform(*point.pause))
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (
-        f"{point.name}: the worker ended before the kill:\n{out.with_suffix('.log').read_text()}"
-    )
-    return _phase_on_disk(cache_dir, committing)
 
 
 def _repair_after_kill(cache_dir: Path, indexed: int, phase: str) -> None:
@@ -227,7 +176,7 @@ def _repair_after_kill(cache_dir: Path, indexed: int, phase: str) -> None:
     verify(grace=0) removes them; neither touches an indexed vector."""
     if not (cache_dir / INDEX).exists():
         return
-    temps, orphans = len(_temp_files(cache_dir)), len(_unindexed_shards(cache_dir))
+    temps, orphans = len(temp_files(cache_dir)), len(unindexed_shards(cache_dir))
     assert (temps > 0) == (phase == "temp-file")
     assert (orphans > 0) == (phase in ("in-transaction", "orphan-shard"))
     cache = EmbeddingCache(cache_dir)
@@ -241,7 +190,7 @@ def _repair_after_kill(cache_dir: Path, indexed: int, phase: str) -> None:
     assert (report["temp_files_removed"], report["orphan_files_removed"]) == (temps, orphans)
     assert report["vectors_dropped"] == report["shards_dropped"] == 0, report
     assert report["n_vectors"] == indexed
-    assert not _temp_files(cache_dir) and not _unindexed_shards(cache_dir)
+    assert not temp_files(cache_dir) and not unindexed_shards(cache_dir)
     _assert_clean(cache.verify(grace=0))
     cache.close()
 
@@ -257,22 +206,24 @@ def test_two_dozen_kills_each_resume_bit_identical(numpy_clean, tmp_path):
     """
     paths, clean_X = numpy_clean
     cache_dir = tmp_path / "cache"
+    fingerprint = Extractor(NumpyBackbone(), cache_dir=None).fingerprint
     rng = random.Random(20240601)
     phases: Counter = Counter()
     landed = []
-    for i, point in enumerate(_schedule()):
-        phase = _kill_at(point, paths, cache_dir, tmp_path / f"run-{i:02d}", rng)
+    for i, (name, when) in enumerate(_schedule()):
+        out = tmp_path / f"run-{i:02d}"
+        phase = run_and_kill(paths, cache_dir, out, rng=rng, **NUMPY_WORKER, **when).phase
         phases[phase] += 1
-        indexed = _check_left_consistent(cache_dir, paths, clean_X)
-        landed.append(f"{point.name}: {phase}, {indexed} indexed")
-        assert indexed < N_CHAIN, f"{point.name}: the chain ran out of work"
+        indexed = _check_left_consistent(cache_dir, paths, clean_X, fingerprint)
+        landed.append(f"{name}: {phase}, {indexed} indexed")
+        assert indexed < N_CHAIN, f"{name}: the chain ran out of work"
         _repair_after_kill(cache_dir, indexed, phase)
 
         resumed = tmp_path / f"resumed-{i:02d}"
         if cache_dir.exists():
             shutil.copytree(cache_dir, resumed)
         result = _extract_here(paths, resumed)
-        np.testing.assert_array_equal(result.X, clean_X, err_msg=point.name)
+        np.testing.assert_array_equal(result.X, clean_X, err_msg=name)
         assert (result.cache_hits, result.cache_misses) == (indexed, N_CHAIN - indexed)
         _assert_clean(EmbeddingCache(resumed).verify(grace=0))
         shutil.rmtree(resumed)
@@ -298,9 +249,16 @@ def test_cli_verify_prints_one_json_object_after_a_kill(numpy_clean, tmp_path, c
     paths, clean_X = numpy_clean
     paths, clean_X = paths[:160], clean_X[:160]
     cache_dir = tmp_path / "cache"
-    point = KillPoint("renamed", new_shards=2, delays={"rename_delay": STRETCH})
-    phase = _kill_at(point, paths, cache_dir, tmp_path / "killed", random.Random(0))
-    assert phase == "orphan-shard"
+    kill = run_and_kill(
+        paths,
+        cache_dir,
+        tmp_path / "killed",
+        new_shards=2,
+        rng=random.Random(0),
+        rename_delay=STRETCH,
+        **NUMPY_WORKER,
+    )
+    assert kill.phase == "orphan-shard"
     X, _ = finish(
         start(paths, cache_dir, tmp_path / "resumed", backbone="numpy"), tmp_path / "resumed"
     )
@@ -317,26 +275,61 @@ def test_cli_verify_prints_one_json_object_after_a_kill(numpy_clean, tmp_path, c
     assert cli_main(["cache", "verify", "--cache-dir", str(cache_dir), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["ok"] is True and printed["orphan_files_removed"] == 1
-    assert not _unindexed_shards(cache_dir)
+    assert not unindexed_shards(cache_dir)
+
+
+DELAY = 0.1  # seconds per batch of the TensorFlow kills, so that their kill points land mid-run
+KILL_POINTS = {
+    # Right as a shard file lands: usually before its index transaction.
+    "as-shard-2-lands": {"new_shards": 2},
+    # While the 7th shard is being written and fsynced under its temporary name.
+    "writing-shard-7": {"new_shards": 6, "temp": True},
+    # Anywhere in the compute/write cycle of the batches after the 13th.
+    "random-phase-after-shard-13": {"new_shards": 13, "pause": (0.0, DELAY)},
+    # At full speed: the decode thread, the model and the writer all busy.
+    "full-speed-after-shard-20": {"new_shards": 20, "delay": 0.0},
+    # Mostly while starting up, or creating the cache.
+    "random-early-time": {"pause": (0.2, 5.0)},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "kill"), KILL_POINTS.items(), ids=KILL_POINTS.keys())
+def test_killed_run_resumes_bit_identical(clean, tmp_path, name, kill):
+    """A real TensorFlow extraction killed with SIGKILL resumes to exactly the clean result."""
+    paths, clean_X = clean
+    cache_dir = tmp_path / "cache"
+    how = str(
+        run_and_kill(
+            paths,
+            cache_dir,
+            tmp_path / "killed",
+            rng=random.Random(name),
+            timeout=300,  # TensorFlow's start-up
+            **{"delay": DELAY, **kill},
+        )
+    )
+
+    indexed = _check_left_consistent(cache_dir, paths, clean_X)
+    assert indexed < N_IMAGES, f"the kill came too late to interrupt anything ({how})"
+    if "new_shards" in kill:
+        # Shards are written one at a time: all but the newest file are indexed.
+        assert indexed >= BATCH * (kill["new_shards"] - 1), how
+
+    X, report = finish(start(paths, cache_dir, tmp_path / "resumed"), tmp_path / "resumed")
+    assert report["paths"] == paths
+    np.testing.assert_array_equal(X, clean_X, err_msg=how)
+    assert report["cache_hits"] == indexed, how
+    assert report["cache_misses"] == N_IMAGES - indexed, how
+    assert not _cache_warnings(report), report["warnings"]
+    assert index_counts(cache_dir) == (N_IMAGES, N_IMAGES)
+    # What the kill left (a temporary or unindexed shard file) is garbage verify removes.
+    repaired = EmbeddingCache(cache_dir).verify(grace=0)
+    assert repaired["ok"] and repaired["vectors_dropped"] == 0, repaired
+    assert repaired["n_vectors"] == N_IMAGES
 
 
 # -- concurrency ------------------------------------------------------------------------------
-
-
-def _start_together(jobs: dict, cache_dir: Path, tmp_path: Path, **options) -> dict:
-    """Start one worker per job, release them at once; return ``{name: Popen}``."""
-    go = tmp_path / "go"
-    procs = {
-        name: start(paths, cache_dir, tmp_path / name, go=go, **options)
-        for name, paths in jobs.items()
-    }
-    deadline = time.monotonic() + 180
-    while not all((tmp_path / f"{name}.ready").exists() for name in jobs):
-        assert all(p.poll() is None for p in procs.values()), "a worker died before the start"
-        assert time.monotonic() < deadline, "the workers never got ready"
-        time.sleep(0.01)
-    go.touch()
-    return procs
 
 
 def test_four_writers_and_a_live_verify_share_one_cache(numpy_clean, tmp_path):
@@ -345,7 +338,7 @@ def test_four_writers_and_a_live_verify_share_one_cache(numpy_clean, tmp_path):
     paths, clean_X = numpy_clean
     cache_dir = tmp_path / "cache"
     subsets = {f"w{i}": slice(70 * i, 70 * i + 190) for i in range(4)}  # overlapping
-    procs = _start_together(
+    procs = start_together(
         {name: paths[s] for name, s in subsets.items()},
         cache_dir,
         tmp_path,
@@ -377,9 +370,31 @@ def test_four_writers_and_a_live_verify_share_one_cache(numpy_clean, tmp_path):
     assert (result.cache_hits, result.cache_misses) == (N_CHAIN, 0)
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> tuple[list[str], np.ndarray]:
-    return reference(tmp_path_factory)
+def test_overlapping_writers_share_one_cache(clean, tmp_path):
+    paths, clean_X = clean
+    cache_dir = tmp_path / "cache"
+    subsets = {"first": slice(0, 150), "second": slice(50, 200)}
+    procs = start_together(
+        {name: paths[subset] for name, subset in subsets.items()}, cache_dir, tmp_path, delay=0.05
+    )
+    results = {name: finish(proc, tmp_path / name) for name, proc in procs.items()}
+
+    for name, subset in subsets.items():
+        X, report = results[name]
+        assert report["paths"] == paths[subset]
+        np.testing.assert_array_equal(X, clean_X[subset], err_msg=name)
+        assert not _cache_warnings(report), report["warnings"]
+    # Both looked the cache up before either wrote, so both computed (and wrote) the
+    # 100 images they share: the index kept exactly one row for each.
+    assert sum(report["cache_misses"] for _, report in results.values()) > N_IMAGES
+    assert index_counts(cache_dir) == (N_IMAGES, N_IMAGES)
+    assert EmbeddingCache(cache_dir).info()["n_vectors"] == N_IMAGES
+    report = EmbeddingCache(cache_dir).verify(grace=0)  # at most unused losers' shards
+    assert report["ok"] and report["vectors_dropped"] == 0, report
+
+    X, report = finish(start(paths, cache_dir, tmp_path / "all"), tmp_path / "all")
+    np.testing.assert_array_equal(X, clean_X)
+    assert (report["cache_hits"], report["cache_misses"]) == (N_IMAGES, 0)
 
 
 @pytest.mark.slow
@@ -387,7 +402,7 @@ def test_four_tensorflow_processes_fill_one_cache(clean, tmp_path):
     paths, clean_X = clean
     cache_dir = tmp_path / "cache"
     subsets = {f"tf{i}": slice(30 * i, 30 * i + 110) for i in range(4)}
-    procs = _start_together(
+    procs = start_together(
         {name: paths[s] for name, s in subsets.items()}, cache_dir, tmp_path, delay=0.02
     )
     results = {name: finish(proc, tmp_path / name, timeout=300) for name, proc in procs.items()}
@@ -408,11 +423,70 @@ def test_four_tensorflow_processes_fill_one_cache(clean, tmp_path):
     assert (report["cache_hits"], report["cache_misses"]) == (N_IMAGES, 0)
 
 
-# -- disk faults ------------------------------------------------------------------------------
+_CACHE_WRITER = """
+import sys, warnings
+import numpy as np
+warnings.simplefilter("error")  # a cache that disables itself (locked database) fails
+from featx.cache import EmbeddingCache
+
+cache_dir, worker = sys.argv[1], int(sys.argv[2])
+cache = EmbeddingCache(cache_dir)
+cache.register("f" * 64, 4, {"test": "concurrency"})
+for batch in range(30):
+    keys = [f"image-{(worker * 7 + batch * 3 + j) % 120}" for j in range(8)]
+    vectors = np.array([[int(k.split("-")[1])] * 4 for k in keys], np.float32)
+    cache.put("f" * 64, keys, vectors)
+"""
 
 
-def _extractor(cache_dir) -> Extractor:
-    return Extractor(CountingBackbone(), cache_dir=cache_dir, verbose=False, batch_size=4)
+def test_many_processes_creating_and_filling_a_cache_at_once(tmp_path):
+    """Without TensorFlow, so that many writers fit: they create the index together."""
+    script = tmp_path / "writer.py"
+    script.write_text(_CACHE_WRITER)
+    cache_dir = tmp_path / "cache"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(cache_dir), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+
+    assert index_counts(cache_dir) == (120, 120)
+    keys = [f"image-{i}" for i in range(120)]
+    found, vectors = EmbeddingCache(cache_dir).get("f" * 64, keys, dim=4)
+    assert found.all()
+    np.testing.assert_array_equal(vectors, np.repeat(np.arange(120.0), 4).reshape(120, 4))
+
+
+def test_opening_a_new_cache_while_another_process_writes_it(tmp_path):
+    """The race of two processes opening a new cache at once, made deterministic: a second
+    connection holds the write lock on the brand-new index (as a process switching it to
+    WAL does) for a moment; opening the cache must wait for it, not disable caching."""
+    root = tmp_path / "cache" / "featx-v1"
+    root.mkdir(parents=True)
+    other = sqlite3.connect(root / "index.sqlite", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, other.execute, ["COMMIT"])
+    release.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "cannot be used (database is locked)" fails here
+            cache = EmbeddingCache(tmp_path / "cache")
+    finally:
+        release.join()
+        other.close()
+    cache.put("f" * 64, ["image"], np.ones((1, 4), np.float32))
+    found, _ = cache.get("f" * 64, ["image"], dim=4)
+    assert cache.enabled and found.all()
+
+
+# -- a cache that cannot be used, disk faults -------------------------------------------------
 
 
 def test_cache_dir_that_cannot_be_created_warns_and_still_extracts(image_folder):
@@ -426,12 +500,35 @@ def test_cache_dir_that_cannot_be_created_warns_and_still_extracts(image_folder)
     assert report["ok"] is False and "cannot be used" in report["problems"][0]
 
 
+def test_unwritable_cache_dir_warns_and_still_extracts(image_folder, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="cannot be used"):
+        extractor = _extractor(blocker / "cache")
+    result = extractor.extract(image_folder)
+    assert len(result) == 12
+    assert not extractor.cache.enabled
+
+
 def test_disabled_cache_verifies_ok_with_zeros():
     report = EmbeddingCache(None).verify()
     assert report["ok"] is True and report["enabled"] is False
     assert report["n_vectors"] == report["n_shards"] == 0
     assert all(report[name] == 0 for name in FINDINGS)
     json.dumps(report)
+
+
+def test_failing_cache_write_warns_and_keeps_results(image_folder, tmp_path, monkeypatch):
+    extractor = _extractor(tmp_path / "c")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(extractor.cache, "put", disk_full)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        result = extractor.extract(image_folder)
+    assert len(result) == 12
+    assert extractor.cache.info()["n_vectors"] == 0
 
 
 def _fail_second_call(monkeypatch, module, name, counts, error):
@@ -497,8 +594,8 @@ def test_disk_full_mid_write_leaves_nothing_behind(image_folder, tmp_path, monke
     np.testing.assert_array_equal(result.X, expected)
     monkeypatch.undo()
 
-    assert not _temp_files(cache_dir)
-    assert _shard_files(cache_dir) == _indexed_paths(cache_dir)  # nothing half-done
+    assert not temp_files(cache_dir)
+    assert set(shard_files(cache_dir)) == indexed_paths(cache_dir)  # nothing half-done
     first = EmbeddingCache(cache_dir).verify(grace=0)
     _assert_clean(first)
     assert first["n_vectors"] == 4  # the batch written before the fault
@@ -512,7 +609,7 @@ def test_disk_full_mid_write_leaves_nothing_behind(image_folder, tmp_path, monke
     assert _extractor(cache_dir).extract(image_folder).cache_hits == 12
 
 
-FP = "f" * 64
+# -- index transactions -----------------------------------------------------------------------
 
 
 def _rows(cache: EmbeddingCache) -> tuple[int, int]:
@@ -534,7 +631,7 @@ def test_index_full_inside_the_transaction_leaves_no_rows_and_no_file(tmp_path):
     with pytest.raises(sqlite3.OperationalError, match="full"):
         cache.put(FP, keys, np.zeros((3000, 4), np.float32))
     assert _rows(cache) == (2, 1)
-    assert len(_shard_files(tmp_path / "c")) == 1 and not _temp_files(tmp_path / "c")
+    assert len(shard_files(tmp_path / "c")) == 1 and not temp_files(tmp_path / "c")
     _assert_clean(cache.verify(grace=0))
 
     conn.execute("PRAGMA max_page_count = 1073741823")  # space again: the cache works on
@@ -553,7 +650,7 @@ def test_failed_statement_mid_transaction_rolls_back_the_shard_row(tmp_path):
     with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
         cache.put(FP, ["fine", "poison"], np.ones((2, 4), np.float32))
     assert _rows(cache) == (0, 0)
-    assert not _shard_files(tmp_path / "c") and not _temp_files(tmp_path / "c")
+    assert not shard_files(tmp_path / "c") and not temp_files(tmp_path / "c")
     cache.put(FP, ["fine"], np.ones((1, 4), np.float32))  # not left inside a transaction
     _assert_clean(cache.verify(grace=0))
     assert _rows(cache) == (1, 1)
@@ -571,7 +668,7 @@ def test_shard_left_by_a_failed_transaction_is_an_orphan_verify_removes(tmp_path
     with pytest.raises(sqlite3.IntegrityError):
         cache.put(FP, ["b"], np.ones((1, 4), np.float32))
     cache._connect().execute("DROP TRIGGER poison")
-    (orphan,) = _unindexed_shards(tmp_path / "c")
+    (orphan,) = unindexed_shards(tmp_path / "c")
     assert _rows(cache) == (1, 1)
 
     report = cache.verify(repair=False)
@@ -579,14 +676,14 @@ def test_shard_left_by_a_failed_transaction_is_an_orphan_verify_removes(tmp_path
     _age(tmp_path / "c")
     report = cache.verify(repair=False)
     assert not report["ok"] and report["orphan_files"] == 1
-    assert (tmp_path / "c" / "featx-v1" / orphan).exists()  # repair=False changes nothing
+    assert orphan.exists()  # repair=False changes nothing
     report = cache.verify()
     assert report["ok"] and report["orphan_files_removed"] == 1
-    assert not (tmp_path / "c" / "featx-v1" / orphan).exists()
+    assert not orphan.exists()
     assert cache.get(FP, ["a"], dim=4)[0].all()
 
 
-# -- verify's findings ------------------------------------------------------------------------
+# -- damage: what verify finds and repairs, what a read recomputes ----------------------------
 
 
 def test_verify_finds_every_kind_of_damage_and_repairs_it(tmp_path):
@@ -640,6 +737,29 @@ def test_verify_finds_every_kind_of_damage_and_repairs_it(tmp_path):
     np.testing.assert_array_equal(vectors[15:, 0], [5, 5, 5, 6, 6, 6])
 
 
+@pytest.mark.slow
+def test_corrupted_shard_is_detected_and_recomputed(clean, tmp_path):
+    paths, clean_X = clean
+    cache_dir = tmp_path / "cache"
+    finish(start(paths, cache_dir, tmp_path / "first"), tmp_path / "first")
+    victim = shard_files(cache_dir)[3]
+    data = bytearray(victim.read_bytes())
+    data[-40:-8] = bytes(b ^ 0xFF for b in data[-40:-8])  # inside the float data
+    victim.write_bytes(bytes(data))
+
+    X, report = finish(start(paths, cache_dir, tmp_path / "second"), tmp_path / "second")
+    np.testing.assert_array_equal(X, clean_X)
+    assert report["cache_misses"] == BATCH
+    assert any("checksum does not match" in w for w in report["warnings"]), report["warnings"]
+    assert not victim.exists()
+
+    # The recomputed vectors are cached again: a third run reads everything.
+    X, report = finish(start(paths, cache_dir, tmp_path / "third"), tmp_path / "third")
+    np.testing.assert_array_equal(X, clean_X)
+    assert (report["cache_hits"], report["cache_misses"]) == (N_IMAGES, 0)
+    assert not _cache_warnings(report), report["warnings"]
+
+
 def test_empty_shard_file_is_recomputed_not_a_crash(image_folder, tmp_path):
     """A zero-byte shard (a file system that kept the rename but lost the data) used to
     make every later run fail with numpy's EOFError."""
@@ -669,55 +789,22 @@ def test_verify_reports_a_damaged_index_without_crashing(tmp_path):
     json.dumps(report)
 
 
-# -- staleness --------------------------------------------------------------------------------
-
-# Covered elsewhere: an image modified in place is embedded again
-# (test_extract.py::test_image_modified_in_place_is_embedded_again); a weights file's
-# fingerprint follows its content (test_backbones.py::test_weights_file_is_fingerprinted_by
-# _content). Below, the same end to end, through the cache.
+# -- what the index records -------------------------------------------------------------------
 
 
-def _weights_file(path: Path, seed: int) -> None:
-    from featx.backbones import KerasBackbone
-
-    KerasBackbone("MobileNetV2", weights=None, input_size=32, seed=seed).model.save_weights(path)
-
-
-def _keras(weights, cache_dir) -> Extractor:
-    return Extractor(
-        "MobileNetV2",
-        weights=weights,
-        input_size=32,
-        batch_size=4,
-        cache_dir=cache_dir,
-        verbose=False,
-    )
+def test_cache_holds_one_row_per_image(image_folder, tmp_path):
+    _extractor(tmp_path / "c").extract(image_folder)
+    _extractor(tmp_path / "c").extract(image_folder)
+    with sqlite3.connect(tmp_path / "c" / "featx-v1" / "index.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 12
 
 
-@pytest.fixture(scope="module")
-def small_images() -> np.ndarray:
-    return np.random.default_rng(7).integers(0, 255, (6, 40, 40, 3), dtype=np.uint8)
-
-
-def test_weights_replaced_at_the_same_path_are_not_served_stale(small_images, tmp_path):
-    path = tmp_path / "model.weights.h5"
-    _weights_file(path, seed=1)
-    first = _keras(path, tmp_path / "c").extract(small_images)
-    _weights_file(path, seed=2)  # a new checkpoint over the old one
-    second = _keras(path, tmp_path / "c").extract(small_images)
-    assert second.cache_misses == 6 and second.fingerprint != first.fingerprint
-    np.testing.assert_array_equal(second.X, _keras(path, None).extract(small_images).X)
-    assert not np.array_equal(first.X, second.X)
-
-
-def test_weights_replaced_after_the_extractor_is_built_are_not_cached_stale(small_images, tmp_path):
-    path, original = tmp_path / "model.weights.h5", tmp_path / "original.weights.h5"
-    _weights_file(original, seed=1)
-    shutil.copy(original, path)
-    long_lived = _keras(path, tmp_path / "c")  # e.g. built in a notebook cell
-    _weights_file(path, seed=2)
-    with pytest.raises(RuntimeError, match="changed since this extractor was created"):
-        long_lived.extract(small_images)
-    shutil.copy(original, path)  # the original weights again: their vectors must be served
-    expected = _keras(path, None).extract(small_images).X
-    np.testing.assert_array_equal(_keras(path, tmp_path / "c").extract(small_images).X, expected)
+def test_cost_per_image_is_recorded_and_survives_warm_runs(image_folder, tmp_path):
+    first = _extractor(tmp_path / "c")
+    first.extract(image_folder)
+    cost = first.cache.seconds_per_image(first.fingerprint)
+    assert cost is not None and cost > 0
+    again = _extractor(tmp_path / "c")
+    again.extract(image_folder)  # all cached: computes nothing, so the record is unchanged
+    assert again.cache.seconds_per_image(again.fingerprint) == cost
+    assert again.cache.info()["fingerprints"][0]["ms_per_image"] > 0
