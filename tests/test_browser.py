@@ -237,4 +237,6 @@ def test_twenty_thousand_points_stay_responsive(browser, tmp_path):
     seconds = time.perf_counter() - start
     _screenshot(page, tmp_path, "report-20000.png")
     assert page.errors == [], page.errors
-    print(f"20,000 points x 3 panels: loaded and answered a hover in {seconds:.1f} s")
+    # Responsive means drawn and answering within a user's patience, even on a loaded
+    # 2-core machine (about 6 s here; a page that froze would blow far past this).
+    assert seconds < 30.0, f"20,000 points x 3 panels took {seconds:.1f} s to load and hover"
