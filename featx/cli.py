@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from featx.heads import HEAD_KINDS, HEADS, grid_key
@@ -410,6 +411,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="also write the table to FILE.csv")
     _add_backbone_options(p, default_weights="imagenet", searched=True)
 
+    p = sub.add_parser(
+        "audit", help="what is wrong with the data: label issues, duplicates, leaks, outliers"
+    )
+    _add_split_options(p, "cross-validated")
+    _add_backbone_options(p, default_weights="imagenet")
+    p.add_argument(
+        "--heads",
+        type=_heads,
+        default=["logreg"],
+        help="heads whose out-of-sample probabilities are averaged, comma-separated",
+    )
+    p.add_argument(
+        "--near-threshold",
+        type=int,
+        default=None,
+        help="hash bits (of 64) within which images are near-duplicates (default 4)",
+    )
+    p.add_argument("--csv", default=None, metavar="DIR", help="also write the tables to DIR/")
+
+    p = sub.add_parser("similar", help="the nearest images of each query, from the cache")
+    p.add_argument("queries", nargs="+", help="image files to look up")
+    p.add_argument("--in", dest="source", required=True, help="the images searched")
+    p.add_argument("-k", type=int, default=8, help="neighbours per query (default 8)")
+    _add_backbone_options(p, default_weights="imagenet")
+
     p = sub.add_parser("backbones", help="list the registry")
     p.add_argument("--json", action="store_true")
 
@@ -677,6 +703,89 @@ def _tune(args: argparse.Namespace) -> Result:
     return {**found.summary(), "csv": args.csv}, text
 
 
+def _audit(args: argparse.Namespace) -> Result:
+    from featx.auditing import NEAR_THRESHOLD, audit
+
+    result = audit(
+        **_splits(args),
+        backbone=args.backbone,
+        heads=args.heads,
+        near_threshold=NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold,
+        **_network(args),
+        **_run(args),
+    )
+    summary = result.summary()
+    if args.csv:
+        _write_audit_tables(result, Path(args.csv))
+        summary["csv"] = args.csv
+    counts, accuracy = summary["counts"], summary["accuracy"]
+    lines = [
+        f"{counts['images']} images: {counts['label_issues']} label issues, "
+        f"{counts['duplicate_groups']} duplicate groups ({counts['exact_groups']} exact, "
+        f"{counts['near_groups']} near, {counts['leaks']} across splits), "
+        f"{counts['outliers']} outliers"
+    ]
+    free = accuracy.get("leak_free")
+    lines.append(
+        f"accuracy {accuracy['naive']:.4f} naive"
+        + ("" if free is None else f", {free:.4f} leak-free")
+    )
+    for issue in summary["label_issues"][:10]:
+        lines.append(
+            f"  label? {issue['path']}: given {issue['given']}, looks like "
+            f"{issue['suggested']} ({issue['score']:.3f})"
+        )
+    for group in summary["duplicates"][:10]:
+        where = " LEAK " + "/".join(sorted(set(group["splits"]))) if group["cross_split"] else ""
+        lines.append(f"  {group['kind']} duplicates{where}: " + ", ".join(group["paths"]))
+    for row in summary["outliers"][:10]:
+        lines.append(f"  outlier {row['path']} ({row['score']:.3f})")
+    return summary, "\n".join(lines)
+
+
+def _write_audit_tables(result: Any, folder: Path) -> None:
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    tables = {
+        "label_issues.csv": pd.DataFrame(
+            summary["label_issues"], columns=["path", "given", "suggested", "score", "split"]
+        ),
+        "ranking.csv": result.to_frame(),
+        "duplicates.csv": pd.DataFrame(
+            [
+                {"group": g, "path": path, "split": split, "label": label, "kind": d["kind"],
+                 "similarity": d["similarity"], "cross_split": d["cross_split"]}
+                for g, d in enumerate(summary["duplicates"])
+                for path, split, label in zip(d["paths"], d["splits"], d["labels"], strict=True)
+            ],
+            columns=["group", "path", "split", "label", "kind", "similarity", "cross_split"],
+        ),
+        "outliers.csv": pd.DataFrame(
+            summary["outliers"], columns=["path", "score", "label", "split"]
+        ),
+    }  # fmt: skip
+    for name, table in tables.items():
+        table.to_csv(folder / name, index=False)
+
+
+def _similar(args: argparse.Namespace) -> Result:
+    from featx.similar import neighbours
+
+    result = neighbours(
+        args.queries, args.source, k=args.k, backbone=args.backbone, **_network(args), **_run(args)
+    )
+    summary = result.summary()
+    lines = []
+    for q in summary["queries"]:
+        lines.append(q["query"])
+        for n in q["neighbours"]:
+            label = f" [{n['label']}]" if n["label"] is not None else ""
+            lines.append(f"  {n['similarity']:.4f}  {n['path']}{label}")
+    return summary, "\n".join(lines)
+
+
 def _backbones(args: argparse.Namespace) -> Result:
     from featx.backbones import list_backbones
 
@@ -773,6 +882,8 @@ _COMMANDS = {
     "report": _report,
     "backbones": _backbones,
     "heads": _heads_command,
+    "audit": _audit,
+    "similar": _similar,
     "cache": _cache,
     "demo": _demo,
 }
