@@ -325,6 +325,7 @@ def audit_embedded(
     split_of = np.concatenate([[s] * len(embeddings[s]) for s in names])
     y = np.concatenate([data.y[s] for s in names])
     paths = _paths(embeddings, names)
+    shown = [p if p is not None else f"row[{i}]" for i, p in enumerate(paths)]
     X = (
         np.concatenate([np.asarray(embeddings[s].X) for s in names])
         if len(names) > 1
@@ -338,7 +339,7 @@ def audit_embedded(
     suggested = proba.argmax(axis=1)
     ranking = [
         {
-            "path": paths[i],
+            "path": shown[i],
             "split": str(split_of[i]),
             "given": classes[int(y[i])],
             "suggested": classes[int(suggested[i])],
@@ -364,7 +365,7 @@ def audit_embedded(
         group_splits = [str(split_of[r]) for r in rows]
         duplicates.append(
             {
-                "paths": [paths[r] if paths[r] is not None else f"row[{r}]" for r in rows],
+                "paths": [shown[r] for r in rows],
                 "kind": kind,
                 "similarity": round(float(similarity), 6),
                 "cross_split": len(set(group_splits)) > 1,
@@ -382,7 +383,7 @@ def audit_embedded(
     index = NeighbourIndex(X, fingerprint=first.fingerprint, cache_dir=cache_dir, seed=seed)
     scores, flagged_out = outlier_scores(X, outlier_k, index=index)
     outliers = [
-        {"path": paths[i] if paths[i] is not None else f"row[{i}]", "score": float(scores[i]),
+        {"path": shown[i], "score": float(scores[i]),
          "label": classes[int(y[i])], "split": str(split_of[i])}
         for i in flagged_out
     ]  # fmt: skip
