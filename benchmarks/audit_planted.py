@@ -84,12 +84,20 @@ def plant(root: Path, seed: int = 0) -> dict[str, object]:
     return {"flips": flips, "copies": copies, "n_images": len(files) + n_copy}
 
 
+HEADS = ["logreg"]
+
+
 def run_audit(folder: Path, cache_dir: str) -> tuple[dict, float]:
     import featx
 
     start = time.perf_counter()
     result = featx.audit(
-        folder, weights=str(WEIGHTS), input_size=160, cache_dir=cache_dir, verbose=False
+        folder,
+        weights=str(WEIGHTS),
+        input_size=160,
+        heads=HEADS,
+        cache_dir=cache_dir,
+        verbose=False,
     )
     summary = result.summary()
     summary["ranked_paths"] = [row["path"] for row in result.ranking]
@@ -116,6 +124,7 @@ def measure(name: str, sources: list[Path], cache_dir: str, work: Path) -> dict:
     clean_summary, _ = run_audit(clean, cache_dir)
     row = {
         "dataset": name,
+        "heads": list(HEADS),
         "images": planted["n_images"],
         "planted_flips": len(flips),
         "planted_copies": len(copies),
@@ -144,8 +153,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="intel6,clothing10")
     parser.add_argument("--cache-dir", default=os.environ.get("FEATX_CACHE_DIR", "cache"))
+    parser.add_argument("--heads", default="logreg", help="comma-separated: a consensus")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    HEADS[:] = args.heads.split(",")
     datasets = SHARED / "datasets"
     layouts = {
         "intel6": [datasets / "intel6"],
