@@ -154,7 +154,6 @@ def duplicate_groups(
             union(first_of[key], i)
         else:
             first_of[key] = i
-    exact_roots = {find(i) for i in range(n)}
     exact_members: dict[int, list[int]] = {}
     for i in range(n):
         exact_members.setdefault(find(i), []).append(i)
@@ -176,7 +175,7 @@ def duplicate_groups(
     for root, rows in groups.items():
         if len(rows) < 2:
             continue
-        exact = root in exact_roots and len(exact_members.get(root, [])) == len(rows)
+        exact = len(exact_members.get(root, [])) == len(rows)
         if exact:
             out.append((rows, "exact", 1.0))
         else:

@@ -93,20 +93,19 @@ def image_hashes(
     keys: list[str | None] = [None] * len(paths)
     failed: list[tuple[str, str]] = []
 
-    def read(i: int) -> tuple[int, bytes | None, str | None]:
+    def key_of(i: int) -> tuple[int, str | None, str | None]:
         try:
-            return i, read_file(str(paths[i])), None
+            return i, content_key(read_file(str(paths[i]))), None
         except DecodeError as exc:
             return i, None, exc.reason
 
-    contents: dict[int, bytes] = {}
+    # Keys first (one read of each file, no bytes kept), so that cached hashes cost no
+    # decode; the files whose hashes are missing are read again below.
     with ThreadPoolExecutor(workers) as pool:
-        for i, data, reason in bounded_map(pool, read, range(len(paths))):
-            if data is None:
+        for i, key, reason in bounded_map(pool, key_of, range(len(paths))):
+            if key is None:
                 failed.append((str(paths[i]), reason or "cannot be read"))
-                continue
-            keys[i] = content_key(data)
-            contents[i] = data
+            keys[i] = key
     known = store.get([k for k in keys if k is not None])
     todo = []
     for i, key in enumerate(keys):
@@ -114,20 +113,20 @@ def image_hashes(
             continue
         if key in known:
             bits[i] = known[key]
-            contents.pop(i)
         else:
             todo.append(i)
 
     def compute(i: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            return i, _hash_bytes(contents[i], str(paths[i])), None
+            data = read_file(str(paths[i]))
+            keys[i] = content_key(data)  # the bytes hashed are the bytes keyed
+            return i, _hash_bytes(data, str(paths[i])), None
         except DecodeError as exc:
             return i, None, exc.reason
 
     new: dict[str, np.ndarray] = {}
     with ThreadPoolExecutor(workers) as pool:
         for i, value, reason in bounded_map(pool, compute, todo):
-            contents.pop(i, None)
             if value is None:
                 failed.append((str(paths[i]), reason or "cannot be decoded"))
                 keys[i] = None
@@ -180,7 +179,7 @@ def near_pairs(bits: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray
     """Every pair ``i < j`` of rows of ``bits`` within ``threshold`` bits: ``(i, j, distance)``.
 
     Exact, a block of rows against all later rows at a time (n = 50,000 compares 1.25e9
-    pairs: about 10 s per crop pairing here)."""
+    pairs, five popcount matrices each: quadratic, meant for sets of this size)."""
     bits = np.ascontiguousarray(bits)
     first, second, dist = [], [], []
     n = len(bits)
@@ -202,7 +201,6 @@ class _Store:
 
     def __init__(self, root: Path | None) -> None:
         self.path = None if root is None else Path(root) / "hashes.sqlite"
-        self.writable = True
 
     def _connect(self, write: bool) -> sqlite3.Connection | None:
         if self.path is None:
