@@ -46,10 +46,14 @@ from featx.results import Result, jsonable
 from featx.splits import resolve_splits
 
 __all__ = [
+    "EXAMPLE_ISSUES",
+    "EXAMPLE_NEIGHBOURS",
     "NEAR_THRESHOLD",
     "OUTLIER_K",
     "AuditResult",
     "audit",
+    "audit_embedded",
+    "class_neighbours",
     "duplicate_groups",
     "label_issues",
     "outlier_scores",
@@ -59,12 +63,21 @@ __all__ = [
 NEAR_THRESHOLD = 4
 #: Neighbours of the outlier score.
 OUTLIER_K = 10
+#: Label issues (most suspicious first) given their nearest neighbours of the given and
+#: of the suggested class, for the page; every issue is in ``label_issues`` regardless.
+EXAMPLE_ISSUES = 50
+EXAMPLE_NEIGHBOURS = 4
 _SPLIT_ORDER = ("train", "validation", "test", "all")
 
 
 @dataclass
 class AuditResult(Result):
-    """What :func:`audit` found. ``summary()`` is the ``featx audit --json`` object."""
+    """What :func:`audit` found. ``summary()`` is the ``featx audit --json`` object.
+
+    ``examples`` (not in the summary) holds, for the first ``EXAMPLE_ISSUES`` label issues,
+    their nearest training images of the given and of the suggested class: what the page
+    (:func:`featx.audit_page.write_audit_html`) shows beside each issue.
+    """
 
     label_issues: list[dict[str, Any]]
     ranking: list[dict[str, Any]]
@@ -74,6 +87,7 @@ class AuditResult(Result):
     settings: dict[str, Any]
     classes: list[str]
     failed: list[tuple[str, str]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         leaks = [g for g in self.duplicates if g["cross_split"]]
@@ -200,6 +214,37 @@ def outlier_scores(
     return scores, flagged[np.argsort(-scores[flagged], kind="stable")]
 
 
+def class_neighbours(
+    unit: np.ndarray,
+    y: np.ndarray,
+    candidates: np.ndarray,
+    queries: Sequence[int],
+    wanted: Sequence[int],
+    k: int = EXAMPLE_NEIGHBOURS,
+) -> list[list[tuple[int, float]]]:
+    """For each row ``queries[i]``, its ``k`` most similar rows among ``candidates`` of
+    class ``wanted[i]`` (never itself): ``[(row, cosine), ...]``, closest first.
+
+    ``unit`` holds unit-length rows; one product per class asked for."""
+    queries = np.asarray(queries, np.int64)
+    wanted = np.asarray(wanted, np.int64)
+    out: list[list[tuple[int, float]]] = [[] for _ in queries]
+    pool = np.asarray(candidates, np.int64)
+    for c in np.unique(wanted):
+        rows = pool[np.asarray(y)[pool] == c]
+        asking = np.flatnonzero(wanted == c)
+        if len(rows) == 0 or len(asking) == 0:
+            continue
+        S = np.asarray(unit[rows]) @ np.asarray(unit[queries[asking]]).T  # (rows, asking)
+        S[rows[:, None] == queries[asking][None, :]] = -np.inf  # not its own neighbour
+        top = min(int(k), len(rows))
+        for j, q in enumerate(asking):
+            best = np.argpartition(-S[:, j], top - 1)[:top]
+            best = best[np.argsort(-S[best, j], kind="stable")]
+            out[q] = [(int(rows[b]), float(S[b, j])) for b in best if np.isfinite(S[b, j])]
+    return out
+
+
 # -- the audit -------------------------------------------------------------------------------
 
 
@@ -218,6 +263,7 @@ def audit(
     precision: str = "float32",
     heads: Sequence[str | Any] = ("logreg",),
     cv: int = 5,
+    search: bool = True,
     seed: int = 0,
     near_threshold: int = NEAR_THRESHOLD,
     outlier_k: int = OUTLIER_K,
@@ -240,6 +286,9 @@ def audit(
         The heads whose out-of-sample probabilities are averaged for the label check.
     cv, seed
         Folds (outer folds of nested CV; cross-fitting folds on fixed splits), and their seed.
+    search : bool, default True
+        Choose each head's parameters from its grid by inner cross-validation. ``False``
+        fits each at its default parameters (several times faster; for large sets).
     near_threshold : int, default NEAR_THRESHOLD (4)
         Hash bits (of 64) within which two images are near-duplicates.
     outlier_k : int, default OUTLIER_K (10)
@@ -272,6 +321,7 @@ def audit(
         embedded,
         heads=heads,
         cv=cv,
+        search=search,
         seed=seed,
         near_threshold=near_threshold,
         outlier_k=outlier_k,
@@ -285,6 +335,7 @@ def audit_embedded(
     *,
     heads: Sequence[str | Any] = ("logreg",),
     cv: int = 5,
+    search: bool = True,
     seed: int = 0,
     near_threshold: int = NEAR_THRESHOLD,
     outlier_k: int = OUTLIER_K,
@@ -332,7 +383,8 @@ def audit_embedded(
     )
 
     # Label issues: out-of-sample probabilities, averaged over the heads.
-    results = [learn(data, head, cv=cv, seed=seed, oof=True) for head in heads]
+    grid = None if search else {}
+    results = [learn(data, head, grid=grid, cv=cv, seed=seed, oof=True) for head in heads]
     proba = np.mean([np.concatenate([r.proba[s] for s in names]) for r in results], axis=0)
     order, score, flagged = label_issues(y, proba)
     suggested = proba.argmax(axis=1)
@@ -374,7 +426,7 @@ def audit_embedded(
         )
 
     # Scores: naive, and with every duplicate group on one side.
-    accuracy = _accuracies(results[0], data, names, groups, split_of, y, cv, seed, heads[0],
+    accuracy = _accuracies(results[0], data, groups, split_of, y, cv, seed, heads[0], grid,
                            leak_free)  # fmt: skip
 
     # Outliers.
@@ -387,10 +439,29 @@ def audit_embedded(
         for i in flagged_out
     ]  # fmt: skip
 
+    # The first issues with their nearest training images of the given and suggested class.
+    shown_issues = [int(i) for i in order if flagged[i]][:EXAMPLE_ISSUES]
+    training = np.flatnonzero(split_of != "test")
+    examples = []
+    if shown_issues:
+        given_nb = class_neighbours(index.unit, y, training, shown_issues, y[shown_issues])
+        suggested_nb = class_neighbours(
+            index.unit, y, training, shown_issues, suggested[shown_issues]
+        )
+        for i, g, s in zip(shown_issues, given_nb, suggested_nb, strict=True):
+            examples.append(
+                {
+                    "path": shown[i],
+                    "given": [{"path": shown[r], "similarity": sim} for r, sim in g],
+                    "suggested": [{"path": shown[r], "similarity": sim} for r, sim in s],
+                }
+            )
+
     settings = {
         "protocol": data.protocol,
         "heads": [r.head for r in results],
         "cv": cv,
+        "search": bool(search),
         "seed": seed,
         "label_issue_rule": "cleanlab find_label_issues(filter_by='prune_by_noise_rate'); "
         "score = 1 - p(given label), out-of-sample",
@@ -402,10 +473,12 @@ def audit_embedded(
         "fingerprint": first.fingerprint,
         "neighbour_index": "exact" if index.exact else "pynndescent",
     }
-    return AuditResult(issues, ranking, duplicates, outliers, accuracy, settings, classes, failed)
+    return AuditResult(
+        issues, ranking, duplicates, outliers, accuracy, settings, classes, failed, examples
+    )
 
 
-def _accuracies(first, data, names, groups, split_of, y, cv, seed, head, leak_free):
+def _accuracies(first, data, groups, split_of, y, cv, seed, head, grid, leak_free):
     from featx.learning import learn
 
     naive = float(first.summary()["accuracy"])
@@ -419,7 +492,7 @@ def _accuracies(first, data, names, groups, split_of, y, cv, seed, head, leak_fr
         if not groups:
             out.update(leak_free=naive, note="no duplicates: the folds had no leaks")
             return out
-        grouped = learn(data, head, cv=cv, seed=seed, groups=group_of)
+        grouped = learn(data, head, grid=grid, cv=cv, seed=seed, groups=group_of)
         out.update(leak_free=float(grouped.summary()["accuracy"]))
     else:
         test = np.flatnonzero(split_of == "test")

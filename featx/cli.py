@@ -368,6 +368,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN metrics")
     p.add_argument("--no-thumbnails", action="store_true", help="no image thumbnails on hover")
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="add a 'Data issues' section: featx audit on the first backbone's embeddings",
+    )
     p.add_argument("--title", default=None)
     p.add_argument(
         "--max-points",
@@ -428,7 +433,18 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="hash bits (of 64) within which images are near-duplicates (default 4)",
     )
+    p.add_argument(
+        "--no-search",
+        action="store_true",
+        help="each head at its default parameters, no inner search (faster, for large sets)",
+    )
     p.add_argument("--csv", default=None, metavar="DIR", help="also write the tables to DIR/")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="also write the page: issues beside their neighbours, duplicates, outliers",
+    )
 
     p = sub.add_parser("similar", help="the nearest images of each query, from the cache")
     p.add_argument("queries", nargs="+", help="image files to look up")
@@ -646,6 +662,7 @@ def _report(args: argparse.Namespace) -> Result:
         cv=args.cv,
         k=args.k,
         thumbnails=not args.no_thumbnails,
+        audit=args.audit,
         title=args.title,
         max_points=args.max_points or None,
         **_network(args),
@@ -710,6 +727,7 @@ def _audit(args: argparse.Namespace) -> Result:
         **_splits(args),
         backbone=args.backbone,
         heads=args.heads,
+        search=not args.no_search,
         near_threshold=NEAR_THRESHOLD if args.near_threshold is None else args.near_threshold,
         **_network(args),
         **_run(args),
@@ -718,6 +736,11 @@ def _audit(args: argparse.Namespace) -> Result:
     if args.csv:
         _write_audit_tables(result, Path(args.csv))
         summary["csv"] = args.csv
+    if args.out:
+        from featx.audit_page import write_audit_html
+
+        write_audit_html(result, args.out, title=f"featx audit: {args.source or 'splits'}")
+        summary["out"] = args.out
     counts, accuracy = summary["counts"], summary["accuracy"]
     lines = [
         f"{counts['images']} images: {counts['label_issues']} label issues, "
@@ -740,6 +763,8 @@ def _audit(args: argparse.Namespace) -> Result:
         lines.append(f"  {group['kind']} duplicates{where}: " + ", ".join(group["paths"]))
     for row in summary["outliers"][:10]:
         lines.append(f"  outlier {row['path']} ({row['score']:.3f})")
+    if args.out:
+        lines.append(f"wrote {args.out}")
     return summary, "\n".join(lines)
 
 
@@ -900,7 +925,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             result, text = _COMMANDS[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
-        print(f"featx {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if getattr(exc, "reason", None) is not None:  # a DecodeError: the CLI's own option
+            message = message.replace('Pass on_error="skip"', "Pass --on-error skip")
+        print(f"featx {args.command}: error: {message}", file=sys.stderr)
         return 1
     print(json.dumps(result, ensure_ascii=True) if as_json else text)
     failed_check = args.command == "cache" and args.action == "verify" and not result["ok"]

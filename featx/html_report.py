@@ -249,6 +249,11 @@ def _tables(data: ReportData) -> str:
     parts.append(_per_class_table(data))
     parts.append(_comparison_table(data.comparison))
     parts.append(_tuning_table(data))
+    if data.audit is not None:
+        from featx.audit_page import audit_section
+
+        parts.append("<h2 style='font:600 16px sans-serif'>Data issues (featx audit)</h2>")
+        parts.append(audit_section(data.audit))
     return "".join(parts)
 
 

@@ -30,13 +30,24 @@ changes pixels; it is part of every cache fingerprint.
 
 from __future__ import annotations
 
+import base64
 import io
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DECODER_VERSION", "MAX_PIXELS", "RESIZE_POLICIES", "DecodeError", "decode", "to_rgb"]
+__all__ = [
+    "DECODER_VERSION",
+    "MAX_PIXELS",
+    "RESIZE_POLICIES",
+    "DecodeError",
+    "decode",
+    "thumbnail_uris",
+    "to_rgb",
+]
 
 DECODER_VERSION = 1
 MAX_PIXELS = 100_000_000
@@ -157,8 +168,9 @@ def _unidentified(data: bytes) -> str:
 
 def _too_large(what: str, pixels: int, limit: int) -> str:
     return (
-        f"{what} is {pixels / 1e6:.0f} megapixels, above featx's limit of {limit / 1e6:.0f} "
-        "megapixels (featx.images.MAX_PIXELS); refused from the header, before decoding"
+        f"{what} is {pixels:,} pixels, above featx's limit of {limit:,} pixels "
+        f"({limit / 1e6:g} megapixels, featx.images.MAX_PIXELS); refused from the header, "
+        "before decoding"
     )
 
 
@@ -239,3 +251,29 @@ def array_to_rgb(
         np.asarray(_resize(Image.fromarray(arr[:, :, c], "F"), size, resize)) for c in range(3)
     ]
     return np.stack(channels, axis=2).astype(np.float32)
+
+
+def thumbnail_uris(items: Sequence[Any], size: int = 64) -> list[str]:
+    """A ``size`` x ``size`` JPEG of each image (a path, pixels or PIL image), centre-cropped,
+    as a ``data:`` URI; empty where there is no image (``None``) or it cannot be read."""
+    shape = (int(size), int(size))
+    out = []
+    for item in items:
+        try:
+            if item is None:
+                out.append("")
+                continue
+            if isinstance(item, str):
+                with open(item, "rb") as f:
+                    pixels = decode(f.read(), shape, resize="center_crop")
+            elif isinstance(item, np.ndarray):
+                pixels = array_to_rgb(item, shape, resize="center_crop")
+            else:
+                pixels = np.asarray(item.convert("RGB").resize(shape))
+        except (OSError, DecodeError):
+            out.append("")
+            continue
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=75)
+        out.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return out

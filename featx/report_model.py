@@ -90,6 +90,7 @@ class ReportData:
     tuning_caption: str = ""  # what tuning chose and scored, one line
     n_points: int | None = None  # images in the report; more than len(y) when downsampled
     max_points: int | None = None  # the display budget that chose the rows shown
+    audit: Any = None  # a featx.auditing.AuditResult ("Data issues"), or None
 
     @property
     def n_total(self) -> int:
@@ -120,6 +121,7 @@ def report_summary(data: ReportData, **extra: Any) -> dict[str, Any]:
             ],
             "comparison": records(data.comparison),
             "tuning": records(data.tuning),
+            "audit": None if data.audit is None else data.audit.summary(),
             **{k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in extra.items()},
         }
     )

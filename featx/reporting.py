@@ -30,8 +30,6 @@ True
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import time
@@ -46,7 +44,7 @@ from featx.cache import EmbeddingCache
 from featx.config import BackboneConfig
 from featx.embeddings import Embeddings
 from featx.evaluation import Embedded, compare_embedded, embed_splits, entries, unique_label
-from featx.images import DecodeError, array_to_rgb, decode
+from featx.images import thumbnail_uris
 from featx.report_model import Panel, ReportData, ReportResult
 from featx.sources import resolve_source
 from featx.splits import Splits, resolve_splits, split_layout
@@ -85,6 +83,7 @@ def report(
     cv: int = 5,
     k: int = 5,
     thumbnails: bool = True,
+    audit: bool = False,
     title: str | None = None,
     cache_dir: str | os.PathLike | None = "auto",
     batch_size: int = 32,
@@ -145,6 +144,11 @@ def report(
         Folds of the comparison; neighbours of the k-NN metrics.
     thumbnails : bool, default True
         Embed a small thumbnail of every image for hovering.
+    audit : bool, default False
+        Add a "Data issues" section: :func:`featx.audit` on the first panel's embeddings
+        (its ``heads``, or logreg; ``cv``, ``seed``; nothing extracted again): label issues
+        beside their neighbours, duplicates and leaks, outliers, naive and leak-free
+        scores. ``summary()["audit"]`` is its ``featx audit --json`` object.
     title : str, optional
     cache_dir : path, "auto" or None
         Embeddings and maps are cached here.
@@ -261,6 +265,17 @@ def report(
         ).table
     timings["compare"] = time.perf_counter() - mark
 
+    audited = None
+    if audit:
+        from featx.auditing import audit_embedded
+
+        mark = time.perf_counter()
+        audited = audit_embedded(
+            next(iter(represented.values())), heads=list(heads) or ["logreg"], cv=cv,
+            seed=seed, cache_dir=cache_dir,
+        )  # fmt: skip
+        timings["audit"] = time.perf_counter() - mark
+
     mark = time.perf_counter()
     if images is not None:
         items = [images.inputs[int(common[i])] for i in shown]
@@ -271,13 +286,14 @@ def report(
         classes=classes,
         y=y[shown],
         names=[paths[rows[i]] for i in shown] if paths else [f"#{common[i]}" for i in shown],
-        thumbnails=_thumbnails(items) if thumbnails else [""] * len(shown),
+        thumbnails=thumbnail_uris(items, THUMBNAIL_SIZE) if thumbnails else [""] * len(shown),
         panels=panels,
         method=method,
         comparison=comparison,
         **tuning_fields,
         n_points=len(common),
         max_points=max_points,
+        audit=audited,
     )
     if out is not None:
         from featx.html_report import write_html
@@ -399,36 +415,6 @@ def _align_all(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:
     from featx.projection import align
 
     return align(reference, coords).astype(np.float32)
-
-
-def _thumbnails(items: Sequence[Any]) -> list[str]:
-    """A small JPEG of each image (a path, pixels or PIL image), as a data: URI.
-
-    Empty where there is no image (``None``) or it cannot be read.
-    """
-    from PIL import Image
-
-    size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
-    out = []
-    for item in items:
-        try:
-            if item is None:
-                out.append("")
-                continue
-            if isinstance(item, str):
-                with open(item, "rb") as f:
-                    pixels = decode(f.read(), size, resize="center_crop")
-            elif isinstance(item, np.ndarray):
-                pixels = array_to_rgb(item, size, resize="center_crop")
-            else:
-                pixels = np.asarray(item.convert("RGB").resize(size))
-        except (OSError, DecodeError):
-            out.append("")
-            continue
-        buffer = io.BytesIO()
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=75)
-        out.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
-    return out
 
 
 def _details(embedded: Embedded) -> dict[str, Any]:

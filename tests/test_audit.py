@@ -238,3 +238,70 @@ def test_label_issues_and_groups_as_functions():
     groups = duplicate_groups(keys, bits, threshold=1)
     assert [(g[0], g[1]) for g in groups] == [([0, 2], "exact"), ([1, 3], "near")]
     assert duplicate_groups(keys, bits, threshold=0) == [([0, 2], "exact", 1.0)]
+
+
+SCRIPT_LABEL = "<script>alert(1)</script>"
+IMG_LABEL = "<img src=x onerror=alert(2)>"
+
+
+def hostile_audit(root: Path, cache: Path):
+    """A planted folder whose class names and one file name are HTML attacks, audited."""
+    import pandas as pd
+
+    planted = make_folder(root)
+    hostile_file = root / "red" / "<img src=y onerror=alert(3)>.png"
+    hostile_file.write_bytes((root / "red" / "red1.png").read_bytes())  # an exact copy
+    odd = np.zeros((96, 96, 3), np.uint8)
+    odd[..., 1] = 255
+    Image.fromarray(odd).save(root / "red" / "odd.png")
+    names = {"red": SCRIPT_LABEL, "blue": IMG_LABEL}
+    table = pd.DataFrame(
+        [{"path": str(p), "label": names[p.parent.name]} for p in sorted(root.rglob("*.png"))]
+    )
+    result = audit(table, backbone=RawPixels(8), cv=3, cache_dir=cache)
+    return result, planted, hostile_file
+
+
+def test_the_page_shows_each_finding_with_every_string_escaped(tmp_path, cache):
+    from featx.audit_page import write_audit_html
+
+    result, planted, hostile_file = hostile_audit(tmp_path / "data", cache)
+    assert result["label_issues"][0]["path"] == str(planted["flip"])
+    example = result.examples[0]
+    assert example["path"] == str(planted["flip"])
+    # Neighbours of the given class (blue, under its hostile name) and of the suggested.
+    assert example["given"] and all("/blue/" in n["path"] for n in example["given"])
+    assert example["suggested"] and all("/red/" in n["path"] for n in example["suggested"])
+    assert str(planted["flip"]) not in [n["path"] for n in example["given"]]
+    page = write_audit_html(result, tmp_path / "audit.html").read_text(encoding="utf-8")
+    # Not one tag came from a user string: the page has no script and no stray img tag.
+    assert "<script" not in page.lower()
+    assert "<img src=x" not in page and "<img src=y" not in page
+    assert html_escape(SCRIPT_LABEL) in page and html_escape(IMG_LABEL) in page
+    assert html_escape(hostile_file.name) in page
+    assert "Content-Security-Policy" in page
+    # One row per shown issue, one per duplicate group, the outlier strip, both scores.
+    assert page.count("class='fa-row fa-issue'") == len(result.examples) >= 1
+    assert page.count("class='fa-row fa-group'") == len(result["duplicates"]) >= 1
+    assert "id='featx-audit-outliers'" in page and html_escape("odd.png") in page
+    assert "leak-free" in page and "naive" in page
+    # Every image drawn is an inlined JPEG (the page works offline).
+    sources = [part.split("'", 1)[0] for part in page.split("<img src='")[1:]]
+    assert sources and all(s.startswith("data:image/jpeg;base64,") for s in sources)
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def test_audit_out_writes_the_page(tmp_path, cache, capsys):
+    make_folder(tmp_path / "data")
+    out = tmp_path / "pages" / "audit.html"
+    argv = ["audit", str(tmp_path / "data"), *NETWORK, "--cv", "3", "--cache-dir", str(cache)]
+    assert main([*argv, "--json", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["out"] == str(out)
+    page = out.read_text(encoding="utf-8")
+    assert "Label issues" in page and "Duplicates" in page and "Outliers" in page

@@ -151,7 +151,7 @@ def small_report(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     table = pd.DataFrame(rows)
     out = root / "report.html"
     report(table, backbones=[RawPixels(8), RawPixels(4)], method="pca", out=out, heads=(),
-           cache_dir=None)  # fmt: skip
+           cache_dir=None, audit=True)  # fmt: skip
     return out, table
 
 
@@ -190,6 +190,11 @@ def test_report_in_chromium(browser, small_report, tmp_path):
     # The tables show class names as text too.
     per_class = page.page.locator("table#featx-per-class").inner_text()  # in Bokeh's shadow DOM
     assert SCRIPT_CLASS in per_class and IMG_CLASS in per_class
+
+    # The "Data issues" section (report --audit) is there, its class names text as well.
+    issues = page.page.locator("#featx-audit").inner_text()
+    assert "Label issues" in issues and "Duplicates" in issues and "Outliers" in issues
+    assert "leak-free" in issues
 
     # Clicking a point selects that image in every panel (one shared selection).
     page.page.mouse.click(*page.point(0, i))
@@ -240,3 +245,48 @@ def test_twenty_thousand_points_stay_responsive(browser, tmp_path):
     # Responsive means drawn and answering within a user's patience, even on a loaded
     # 2-core machine (about 6 s here; a page that froze would blow far past this).
     assert seconds < 30.0, f"20,000 points x 3 panels took {seconds:.1f} s to load and hover"
+
+
+def test_audit_page_in_chromium(browser, tmp_path):
+    """The audit page of a folder with hostile class and file names, in a real browser."""
+    from test_audit import IMG_LABEL, SCRIPT_LABEL, hostile_audit
+
+    from featx.audit_page import write_audit_html
+
+    result, _, hostile_file = hostile_audit(tmp_path / "data", tmp_path / "cache")
+    path = write_audit_html(result, tmp_path / "audit.html", title=f"audit {SCRIPT_LABEL}")
+    page = browser.new_page()
+    errors, dialogs = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else 0)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_load_state("load")
+
+    # Hostile strings are shown as text, and nothing they hold became an element.
+    text = page.locator("body").inner_text()
+    assert SCRIPT_LABEL in text and IMG_LABEL in text and hostile_file.name in text
+    assert page.title() == f"audit {SCRIPT_LABEL}"
+    assert page.locator("script").count() == 0
+    assert page.locator("img[src='x'], img[src='y']").count() == 0
+
+    # Each finding is drawn, every thumbnail decoded by the browser.
+    first = page.locator(".fa-issue").first
+    assert first.locator("figure").count() >= 3  # the issue and neighbours of both classes
+    assert "looks like" in first.inner_text()
+    assert page.locator(".fa-group").count() == len(result["duplicates"])
+    assert page.locator("#featx-audit-outliers figure").count() == len(result["outliers"])
+    broken = page.evaluate(
+        "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).length"
+    )
+    assert broken == 0 and page.evaluate("() => document.images.length") > 5
+    shot = tmp_path / "audit.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("FEATX_SCREENSHOT_DIR"):
+        target = Path(os.environ["FEATX_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, target / "audit.png")
+    assert shot.stat().st_size > 20_000
+    assert dialogs == [], f"a user string ran as code: {dialogs}"
+    assert errors == [], errors
+    page.close()
