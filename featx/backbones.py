@@ -378,7 +378,7 @@ class KerasBackbone(Backbone):
             )
         self._spec = spec
         self.name = spec.name
-        self.input_size = as_size(input_size or spec.default_size)
+        self.input_size = as_size(spec.default_size if input_size is None else input_size)
         if min(self.input_size) < spec.min_size:
             raise ValueError(
                 f"input_size={self.input_size} is too small for {spec.name}: it needs at least "

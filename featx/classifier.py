@@ -6,7 +6,9 @@ paths and class names, so it predicts class names directly.
 File format (``save_classifier``): one header line ``FEATX-CLASSIFIER 1``, one line of JSON
 metadata (featx and scikit-learn versions, classes, backbone settings), then the joblib
 pickle of the pipeline. The Keras model is never pickled: the transformer rebuilds it
-from its parameters (a registry name and a weights path) when first used.
+from its parameters (a registry name and a weights path) when first used. The file holds
+no cache folder of the machine that saved it: a transformer's ``cache_dir`` path is saved
+as ``"auto"``, so the loading user's default cache is used (``None``, no cache, is kept).
 
 **Model files are pickles: load only files from a source you trust.** Loading a pickle
 can run arbitrary code. ``load_classifier`` reads the header and metadata first and
@@ -88,15 +90,25 @@ def save_classifier(model: Any, path: str | os.PathLike) -> None:
     from featx import __version__
 
     transformer = model.steps[0][1] if hasattr(model, "steps") else None
-    metadata = {
-        "featx": __version__,
-        "sklearn": sklearn.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "classes": [str(c) for c in getattr(model, "classes_", [])],
-        "transformer": _jsonable(transformer.get_params()) if transformer is not None else None,
-    }
-    payload = io.BytesIO()
-    joblib.dump(model, payload, compress=3)
+    # No machine path travels in the file: a cache folder of the trainer's becomes "auto"
+    # (the loading user's default, $FEATX_CACHE_DIR or ./cache); None (no cache) stays.
+    own_cache = getattr(transformer, "cache_dir", None)
+    portable = own_cache not in (None, "auto")
+    try:
+        if portable:
+            transformer.cache_dir = "auto"
+        metadata = {
+            "featx": __version__,
+            "sklearn": sklearn.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "classes": [str(c) for c in getattr(model, "classes_", [])],
+            "transformer": _jsonable(transformer.get_params()) if transformer is not None else None,
+        }
+        payload = io.BytesIO()
+        joblib.dump(model, payload, compress=3)
+    finally:
+        if portable:
+            transformer.cache_dir = own_cache
     tmp = Path(f"{path}.tmp")
     with open(tmp, "wb") as f:
         f.write(MAGIC)

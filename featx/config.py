@@ -42,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "CONFIG_KEYS",
+    "MAX_INPUT_SIZE",
     "BackboneConfig",
     "as_size",
     "as_sizes",
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 Size = tuple[int, int]
+#: The largest input side featx accepts (one 4096 x 4096 image is 192 MiB as float32).
+MAX_INPUT_SIZE = 4096
 
 
 def as_size(value: Any) -> Size:
@@ -328,7 +331,17 @@ def _is_pair(value: Any) -> bool:
 
 def _positive(n: int, given: Any) -> int:
     if n < 1:
-        raise ValueError(f"input_size={given!r}: sizes must be positive.")
+        raise ValueError(
+            f"input_size={given!r}: sizes must be positive. Pass a size such as 160 or 224, "
+            "or leave it out for the backbone's default."
+        )
+    if n > MAX_INPUT_SIZE:
+        raise ValueError(
+            f"input_size={given!r} is above featx's limit of {MAX_INPUT_SIZE} pixels a side "
+            f"(featx.config.MAX_INPUT_SIZE): one such image would need "
+            f"{n * n * 3 * 4 / 2**30:.0f} GiB as float32 before the network. Pass a smaller "
+            "size (ImageNet backbones are trained at 224-600)."
+        )
     return n
 
 
