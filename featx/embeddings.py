@@ -231,16 +231,37 @@ class Embeddings:
         path = Path(path)
         arrays = self.meta_arrays()
         if path.suffix.lower() == ".npz":
-            with open(path, "wb") as f:
-                np.savez(f, X=self.X, **arrays)
+            # Written whole under a temporary name, then moved over the target: a failure
+            # (a full disk) leaves what was there before, and no partial file.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            try:
+                with open(tmp, "wb") as f:
+                    np.savez(f, X=self.X, **arrays)
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise _write_error(path, exc) from exc
             return
         folder = _embeddings_folder(path)
-        tmp = folder / f".{EMBEDDINGS_X}.partial"
-        with NpyRowWriter(tmp, self.X.shape) as writer:
-            for rows, chunk in iter_chunks(self.X):
-                writer[rows] = chunk
-        os.replace(tmp, folder / EMBEDDINGS_X)
-        _write_meta(folder, arrays)
+        tmp_x, tmp_meta = (
+            folder / f".{EMBEDDINGS_X}.partial",
+            folder / f".{EMBEDDINGS_META}.partial",
+        )
+        try:  # both staged first: a failure here leaves the folder as it was
+            with NpyRowWriter(tmp_x, self.X.shape) as writer:
+                for rows, chunk in iter_chunks(self.X):
+                    writer[rows] = chunk
+            with open(tmp_meta, "wb") as f:
+                np.savez(f, **arrays)
+        except OSError as exc:
+            tmp_x.unlink(missing_ok=True)
+            tmp_meta.unlink(missing_ok=True)
+            raise _write_error(path, exc) from exc
+        # Then moved into place, meta.npz last; the old meta goes first, so a crash between
+        # the moves leaves a folder that load() refuses rather than a new X with an old meta.
+        (folder / EMBEDDINGS_META).unlink(missing_ok=True)
+        os.replace(tmp_x, folder / EMBEDDINGS_X)
+        os.replace(tmp_meta, folder / EMBEDDINGS_META)
 
     def meta_arrays(self) -> dict[str, Any]:
         arrays: dict[str, Any] = {
@@ -323,9 +344,28 @@ def _embeddings_folder(path: Path) -> Path:
 
 def _write_meta(folder: Path, arrays: dict[str, Any]) -> None:
     tmp = folder / f".{EMBEDDINGS_META}.partial"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(folder, exc, kept=False) from exc
     os.replace(tmp, folder / EMBEDDINGS_META)
+
+
+def _write_error(path: Path, exc: OSError, kept: bool = True) -> OSError:
+    """``exc`` again, saying which embeddings could not be written and what is there now."""
+    reason = exc.strerror or str(exc)
+    state = (
+        "what was there before is unchanged"
+        if kept
+        else f"the folder has no {EMBEDDINGS_META}, so it is refused until written again"
+    )
+    return OSError(
+        exc.errno,
+        f"Cannot write embeddings to {str(path)!r}: {reason}; {state}. Free some space (or "
+        "choose another path) and run again.",
+    )
 
 
 class FolderWriter:
@@ -372,6 +412,8 @@ class FolderWriter:
             os.replace(compact, partial)
         else:
             del written
+        # The old meta.npz goes first: a folder with meta.npz is always complete and paired.
+        (self.folder / EMBEDDINGS_META).unlink(missing_ok=True)
         os.replace(partial, self.folder / EMBEDDINGS_X)
         return np.load(self.folder / EMBEDDINGS_X, mmap_mode="r")
 

@@ -101,3 +101,74 @@ def test_a_saved_classifier_carries_no_machine_cache_path(tmp_path, monkeypatch)
     assert b"private-cache" not in pickle.dumps(loaded)  # nowhere in the saved objects
     assert list(loaded.predict(paths)) == list(model.predict(paths))
     assert user_cache.is_dir()  # the loading user's default cache was used
+
+
+def _full_disk(monkeypatch):
+    """np.savez writes a little, then fails as a full disk does."""
+    import errno
+
+    def savez(file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", savez)
+
+
+def _embeddings(seed: int):
+    from featx.embeddings import Embeddings
+
+    rng = np.random.default_rng(seed)
+    return Embeddings.from_arrays(rng.normal(size=(6, 4)).astype(np.float32), list("aabbcc"))
+
+
+@pytest.mark.parametrize("name", ["out.npz", "out-folder"])
+def test_a_full_disk_keeps_the_embeddings_that_were_there(tmp_path, monkeypatch, name):
+    import errno
+
+    from featx.embeddings import Embeddings
+
+    out = tmp_path / name
+    good = _embeddings(0)
+    good.save(out)
+    with monkeypatch.context() as patch:
+        _full_disk(patch)
+        with pytest.raises(OSError) as info:
+            _embeddings(1).save(out)
+    assert info.value.errno == errno.ENOSPC
+    assert str(out) in str(info.value) and "unchanged" in str(info.value)
+    kept = Embeddings.load(out)
+    np.testing.assert_array_equal(kept.X, good.X)
+    np.testing.assert_array_equal(kept.y, good.y)
+    leftovers = [p.name for p in tmp_path.rglob("*") if "partial" in p.name]
+    assert leftovers == []
+
+
+def test_a_folder_never_pairs_new_vectors_with_old_metadata(tmp_path, monkeypatch):
+    """The streaming writer: if meta.npz cannot be written, load refuses the folder."""
+    from featx.embeddings import Embeddings, FolderWriter
+
+    out = tmp_path / "emb"
+    _embeddings(0).save(out)
+    new = _embeddings(1)
+    writer = FolderWriter(out, new.X.shape)
+    writer.X[np.arange(6)] = new.X
+    writer.finish(np.arange(6))
+    with monkeypatch.context() as patch:
+        _full_disk(patch)
+        with pytest.raises(OSError, match=r"no meta\.npz"):
+            writer.write_meta(new)
+    with pytest.raises(FileNotFoundError, match="not an embeddings folder"):
+        Embeddings.load(out)
+
+
+def test_cli_extract_out_on_a_full_disk_names_the_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(tmp_path / "a" / "x.png")
+    out = tmp_path / "e.npz"
+    out.write_bytes(b"an older file the user kept")
+    _full_disk(monkeypatch)
+    argv = ["extract", str(tmp_path / "a"), "--weights", "none", "--size", "32"]
+    assert main([*argv, "--cache-dir", "none", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(out) in err and "No space left" in err and "Traceback" not in err
+    assert out.read_bytes() == b"an older file the user kept"
