@@ -145,19 +145,72 @@ class EmbeddingCache:
         self.root = None if self.location is None else self.location / f"featx-v{CACHE_FORMAT}"
         self._local = threading.local()
         self._unusable: str | None = None  # why a given location could not be used
+        self.read_only = False  # a cache that can be read but not written (a shared mount)
+        self.rebuilt: str | None = None  # where a damaged index was moved aside, if it was
         if self.root is not None:
             try:
-                self.root.mkdir(parents=True, exist_ok=True)
-                self._connect().executescript(_SCHEMA)
+                self._open()
             except (OSError, sqlite3.Error) as exc:
-                warnings.warn(
-                    f"The cache directory {str(self.location)!r} cannot be used ({exc}); "
-                    "embeddings will be computed but not cached. Pass cache_dir= a writable "
-                    "folder, or cache_dir=None to silence this.",
-                    stacklevel=3,
-                )
-                self.root = None
-                self._unusable = str(exc)
+                if not self._open_read_only(exc):
+                    warnings.warn(
+                        f"The cache directory {str(self.location)!r} cannot be used ({exc}); "
+                        "embeddings will be computed but not cached. Pass cache_dir= a "
+                        "writable folder, or cache_dir=None to silence this.",
+                        stacklevel=3,
+                    )
+                    self.root = None
+                    self._unusable = str(exc)
+
+    def _open(self) -> None:
+        """Open (or create) the index for reading and writing; a damaged one is rebuilt."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+            conn.executescript(_SCHEMA)
+            conn.execute("SELECT COUNT(*) FROM shards").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            self._set_aside(exc)
+            self._connect().executescript(_SCHEMA)
+
+    def _open_read_only(self, exc: BaseException) -> bool:
+        """Serve an existing index that cannot be written (a read-only mount): True if so."""
+        index = None if self.root is None else self.root / "index.sqlite"
+        if index is None or not index.is_file():
+            return False
+        self.close()
+        self.read_only = True
+        try:
+            self._connect().execute("SELECT COUNT(*) FROM vectors").fetchone()
+        except sqlite3.Error:
+            self.close()
+            self.read_only = False
+            return False
+        warnings.warn(
+            f"The cache {str(self.location)!r} cannot be written ({exc}); it is used read-only:"
+            " cached vectors are read, the others computed and not stored.",
+            stacklevel=4,
+        )
+        return True
+
+    def _set_aside(self, exc: BaseException) -> None:
+        """Move a damaged index (and its WAL files) aside and start an empty one, once."""
+        self.close()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.root / f"index.sqlite.damaged-{stamp}-{uuid.uuid4().hex[:6]}"
+        for suffix in ("", "-wal", "-shm"):
+            path = self.root / f"index.sqlite{suffix}"
+            if path.exists():
+                os.replace(path, f"{aside}{suffix}")
+        # The shards are kept on disk but no longer indexed: verify() removes them as orphans.
+        self.rebuilt = str(aside)
+        warnings.warn(
+            f"The cache index {str(self.root / 'index.sqlite')!r} was damaged ({exc}). It was "
+            f"moved aside to {str(aside)!r} and a new, empty index started: the vectors it "
+            "listed will be computed again.",
+            stacklevel=4,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -166,11 +219,20 @@ class EmbeddingCache:
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.root / "index.sqlite", timeout=_BUSY_TIMEOUT, isolation_level=None
-            )
-            _enable_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
+            path = self.root / "index.sqlite"
+            if self.read_only:  # no journal, no lock files: nothing is written
+                from urllib.parse import quote
+
+                conn = sqlite3.connect(
+                    f"file:{quote(str(path))}?mode=ro&immutable=1",
+                    uri=True,
+                    timeout=_BUSY_TIMEOUT,
+                    isolation_level=None,
+                )
+            else:
+                conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+                _enable_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
 
@@ -212,11 +274,18 @@ class EmbeddingCache:
         conn = self._connect()
         for start in range(0, len(unique), _CHUNK):
             chunk = unique[start : start + _CHUNK]
-            rows = conn.execute(
-                f"SELECT key, shard, row FROM vectors WHERE fp = ? AND key IN "
-                f"({','.join('?' * len(chunk))})",
-                [fingerprint, *chunk],
-            ).fetchall()
+            try:
+                rows = conn.execute(
+                    f"SELECT key, shard, row FROM vectors WHERE fp = ? AND key IN "
+                    f"({','.join('?' * len(chunk))})",
+                    [fingerprint, *chunk],
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if not _is_damage(exc) or self.read_only:
+                    raise
+                self._set_aside(exc)  # found nothing: everything is computed again
+                self._connect().executescript(_SCHEMA)
+                return found
             for key, shard, row in rows:
                 by_shard[shard].append((row, first[key]))
                 for i in repeats.get(key, ()):  # the same image given more than once
@@ -261,6 +330,8 @@ class EmbeddingCache:
 
     def _drop_shard(self, shard: str) -> int:
         """Remove a shard's rows and file; return how many vector rows went with it."""
+        if self.read_only:  # its images are computed again, and the cache is left as it is
+            return 0
         conn = self._connect()
         with _Transaction(conn):
             row = conn.execute("SELECT path FROM shards WHERE id = ?", (shard,)).fetchone()
@@ -274,7 +345,7 @@ class EmbeddingCache:
 
     def register(self, fingerprint: str, dim: int, spec: dict[str, Any]) -> None:
         """Record what a fingerprint stands for (shown by ``featx cache info``)."""
-        if not self.enabled:
+        if not self.enabled or self.read_only:
             return
         conn = self._connect()
         with _Transaction(conn):
@@ -285,7 +356,7 @@ class EmbeddingCache:
 
     def record_cost(self, fingerprint: str, n_computed: int, seconds: float) -> None:
         """Add a run's compute time, so the cost per image is known even when all is cached."""
-        if not self.enabled or n_computed <= 0:
+        if not self.enabled or self.read_only or n_computed <= 0:
             return
         conn = self._connect()
         with _Transaction(conn):
@@ -309,8 +380,10 @@ class EmbeddingCache:
         return None if row is None or not row[0] else row[1] / row[0]
 
     def put(self, fingerprint: str, keys: list[str], vectors: np.ndarray) -> None:
-        """Store ``vectors[i]`` under ``keys[i]``: one shard file, one transaction."""
-        if not self.enabled or not keys:
+        """Store ``vectors[i]`` under ``keys[i]``: one shard file, one transaction.
+
+        A read-only cache stores nothing (it said so once, when opened)."""
+        if not self.enabled or self.read_only or not keys:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[0] != len(keys):
@@ -402,6 +475,7 @@ class EmbeddingCache:
         return {
             "location": str(self.location),
             "enabled": True,
+            "read_only": self.read_only,
             "format": CACHE_FORMAT,
             "fingerprints": entries,
             "n_vectors": sum(e["n_vectors"] for e in entries),
@@ -409,7 +483,19 @@ class EmbeddingCache:
         }
 
     def clear(self) -> int:
-        """Delete every cached vector; return how many there were."""
+        """Delete every cached vector; return how many there were.
+
+        Raises
+        ------
+        PermissionError
+            If the cache is read-only (nothing can be deleted there).
+        """
+        if self.read_only:
+            raise PermissionError(
+                f"The cache {str(self.location)!r} is read-only (it could not be opened for "
+                "writing), so it cannot be cleared. Clear it where it is writable, or use "
+                "another --cache-dir."
+            )
         if not self.enabled:
             return 0
         n = self._connect().execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
@@ -466,7 +552,9 @@ class EmbeddingCache:
             "location": None if self.location is None else str(self.location),
             "enabled": self.enabled,
             "ok": True,
-            "repaired": bool(repair) and self.enabled,
+            "repaired": bool(repair) and self.enabled and not self.read_only,
+            "read_only": self.read_only,
+            "index_rebuilt": self.rebuilt,
             "integrity": "ok",
             "n_vectors": 0,
             "n_shards": 0,
@@ -484,6 +572,7 @@ class EmbeddingCache:
             report["problems"].append(f"the cache cannot be used: {self._unusable}")
         if not self.enabled:
             return report
+        repair = bool(repair) and not self.read_only
         try:
             fixed = self._verify(report, repair, grace)
         except sqlite3.DatabaseError as exc:  # a repair could not be written, say
@@ -491,7 +580,8 @@ class EmbeddingCache:
             report["problems"].append(f"the index cannot be read or written: {exc}")
             return report
         found = sum(report[name] for name in _VERIFY_FINDINGS)
-        report["ok"] = report["integrity"] == "ok" and found == fixed
+        sound = report["integrity"] == "ok" or report["index_rebuilt"] is not None
+        report["ok"] = sound and found == fixed
         return report
 
     def _verify(self, report: dict[str, Any], repair: bool, grace: float) -> int:
@@ -523,10 +613,16 @@ class EmbeddingCache:
         except sqlite3.DatabaseError as exc:  # "database disk image is malformed"
             checks = [str(exc)]
         if checks != ["ok"]:
-            # A damaged index is not repaired: rebuilding it is `featx cache clear`.
             report["integrity"] = "; ".join(checks[:10])
             note(f"SQLite integrity check: {report['integrity']}")
-            return 0
+            if not repair:
+                return 0
+            # Repaired by moving it aside and starting an empty index; the shards it listed
+            # are then unindexed files, removed below as orphans (their keys are not in them).
+            self._set_aside(sqlite3.DatabaseError(report["integrity"]))
+            self._connect().executescript(_SCHEMA)
+            report["index_rebuilt"] = self.rebuilt
+            conn = self._connect()
         fixed = 0
 
         row_checks = {
@@ -661,6 +757,14 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """Whether an SQLite error says the index file itself is damaged (not busy, not denied)."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text
+    )
 
 
 def _unlink_quietly(path: Path) -> None:

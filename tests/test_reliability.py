@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -172,3 +174,129 @@ def test_cli_extract_out_on_a_full_disk_names_the_path(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert str(out) in err and "No space left" in err and "Traceback" not in err
     assert out.read_bytes() == b"an older file the user kept"
+
+
+# -- the cache: a damaged index, a read-only cache ---------------------------------------------
+
+
+def _filled_cache(root, n_shards: int = 60, rows: int = 50):
+    from featx.cache import EmbeddingCache
+
+    cache = EmbeddingCache(root)
+    cache.register("fp", 8, {"what": "test vectors"})
+    rng = np.random.default_rng(0)
+    keys = []
+    for s in range(n_shards):
+        batch = [f"key-{s}-{r}" for r in range(rows)]
+        cache.put("fp", batch, rng.normal(size=(rows, 8)).astype(np.float32))
+        keys += batch
+    cache.close()
+    return keys
+
+
+def test_a_truncated_index_is_moved_aside_and_rebuilt_once(tmp_path):
+    from featx.cache import EmbeddingCache
+
+    keys = _filled_cache(tmp_path)
+    index = tmp_path / "featx-v1" / "index.sqlite"
+    assert index.stat().st_size > 20_000
+    with open(index, "r+b") as f:
+        f.truncate(5000)
+    with pytest.warns(UserWarning, match="damaged") as caught:
+        cache = EmbeddingCache(tmp_path)
+    assert len([w for w in caught if "damaged" in str(w.message)]) == 1
+    assert cache.enabled and cache.rebuilt and Path(cache.rebuilt).is_file()
+    found, _ = cache.get("fp", keys[:10], dim=8)
+    assert not found.any()  # nothing trusted from the damaged index
+    vectors = np.ones((2, 8), np.float32)
+    cache.put("fp", ["a", "b"], vectors)
+    found, got = cache.get("fp", ["a", "b"], dim=8)
+    assert found.all() and np.array_equal(got, vectors)
+    report = cache.verify(grace=0)  # the old shards are unindexed files now: removed
+    assert report["ok"] and report["orphan_files_removed"] == 60
+    assert cache.verify()["ok"] and cache.clear() == 2
+
+
+def test_verify_rebuilds_an_index_damaged_while_open(tmp_path):
+    from featx.cache import EmbeddingCache
+
+    _filled_cache(tmp_path)
+    cache = EmbeddingCache(tmp_path)
+    cache.close()
+    index = tmp_path / "featx-v1" / "index.sqlite"
+    data = bytearray(index.read_bytes())
+    data[4096 : 4096 * 3] = b"\xff" * (4096 * 2)  # overwrite pages in place
+    index.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="damaged"):
+        report = EmbeddingCache(tmp_path).verify(grace=0)
+    assert report["index_rebuilt"] and report["ok"], report
+    assert EmbeddingCache(tmp_path).verify()["ok"]
+
+
+def _read_only_mount(tmp_path):
+    """A real read-only mount (tmpfs, remounted ro) when this process may mount; else None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None:
+        return None
+    target = tmp_path / "ro"
+    target.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "none", str(target)],
+                          capture_output=True)  # fmt: skip
+    return target if done.returncode == 0 else None
+
+
+def _remount_ro(target) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(target)], check=True)
+
+
+def test_a_read_only_cache_serves_its_vectors_and_writes_nothing(tmp_path, monkeypatch):
+    import sqlite3
+    import subprocess
+
+    from featx.cache import EmbeddingCache
+
+    target = _read_only_mount(tmp_path)
+    try:
+        root = target if target is not None else tmp_path / "simulated"
+        keys = _filled_cache(root, n_shards=3, rows=40)
+        writer = EmbeddingCache(root)
+        expected = writer.get("fp", keys, dim=8)[1]
+        writer.close()  # no file of the mount left open, so it can be remounted read-only
+        del writer
+        before = sorted((p.name, p.stat().st_size) for p in root.rglob("*"))
+        if target is not None:
+            _remount_ro(target)
+        else:  # no mount here: opening for writing fails as it does on a read-only mount
+            real = sqlite3.connect
+
+            def connect(database, *args, **kwargs):
+                if not kwargs.get("uri"):
+                    raise sqlite3.OperationalError("attempt to write a readonly database")
+                return real(database, *args, **kwargs)
+
+            monkeypatch.setattr(sqlite3, "connect", connect)
+        with pytest.warns(UserWarning, match="read-only"):
+            cache = EmbeddingCache(root)
+        assert cache.enabled and cache.read_only
+        found, got = cache.get("fp", [*keys, "new"], dim=8)
+        assert found[:-1].all() and not found[-1]
+        np.testing.assert_array_equal(got[:-1], expected)
+        cache.put("fp", ["new"], np.ones((1, 8), np.float32))  # dropped, no error
+        info = cache.info()
+        assert info["n_vectors"] == len(keys) and info["read_only"] is True
+        report = cache.verify()
+        assert report["ok"] and report["read_only"] and not report["repaired"]
+        with pytest.raises(PermissionError, match="read-only"):
+            cache.clear()
+        cache.close()
+        assert sorted((p.name, p.stat().st_size) for p in root.rglob("*")) == before
+    finally:
+        if target is not None:
+            import gc
+
+            gc.collect()  # a failed assertion may leave a connection open: unmount lazily
+            subprocess.run(["umount", "-l", str(target)], check=False)
