@@ -85,6 +85,7 @@ def plant(root: Path, seed: int = 0) -> dict[str, object]:
 
 
 HEADS = ["logreg"]
+SIZES: list[int] = [160]  # several: the embeddings of each size, concatenated
 
 
 def run_audit(folder: Path, cache_dir: str) -> tuple[dict, float]:
@@ -94,7 +95,7 @@ def run_audit(folder: Path, cache_dir: str) -> tuple[dict, float]:
     result = featx.audit(
         folder,
         weights=str(WEIGHTS),
-        input_size=160,
+        input_size=SIZES[0] if len(SIZES) == 1 else list(SIZES),
         heads=HEADS,
         cache_dir=cache_dir,
         verbose=False,
@@ -125,6 +126,7 @@ def measure(name: str, sources: list[Path], cache_dir: str, work: Path) -> dict:
     row = {
         "dataset": name,
         "heads": list(HEADS),
+        "sizes": list(SIZES),
         "images": planted["n_images"],
         "planted_flips": len(flips),
         "planted_copies": len(copies),
@@ -154,9 +156,11 @@ def main() -> None:
     parser.add_argument("--data", default="intel6,clothing10")
     parser.add_argument("--cache-dir", default=os.environ.get("FEATX_CACHE_DIR", "cache"))
     parser.add_argument("--heads", default="logreg", help="comma-separated: a consensus")
+    parser.add_argument("--sizes", default="160", help="input sizes; several are concatenated")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     HEADS[:] = args.heads.split(",")
+    SIZES[:] = [int(v) for v in args.sizes.split(",")]
     datasets = SHARED / "datasets"
     layouts = {
         "intel6": [datasets / "intel6"],
