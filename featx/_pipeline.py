@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from featx.augment import View
-from featx.cache import CACHE_FORMAT, EmbeddingCache
+from featx.cache import FINGERPRINT_FORMAT, EmbeddingCache
 from featx.images import DECODER_VERSION, DecodeError, array_to_rgb, decode
 
 __all__ = [
@@ -71,7 +71,7 @@ def extraction_spec(
 ) -> dict[str, Any]:
     """What one network's vectors depend on: the network, the image policy, the view."""
     spec: dict[str, Any] = {
-        "format": CACHE_FORMAT,
+        "format": FINGERPRINT_FORMAT,
         "backbone": backbone_identity,
         "images": {"resize": resize, "background": list(background), "decoder": DECODER_VERSION},
     }

@@ -1,14 +1,19 @@
-"""The on-disk embedding cache: immutable ``.npy`` shards plus a SQLite index.
+"""The on-disk embedding cache: immutable shards plus a SQLite index.
 
 Layout under the cache directory (see ``cache/README.md``)::
 
-    featx-v1/
+    featx-v2/
         index.sqlite          # WAL-mode SQLite: fingerprints, shards, vectors
-        shards/<fp[:16]>/<uuid>.npy
+        shards/<fp[:16]>/<uuid>.npy   # vectors, meta (fingerprint, checksum), keys
+
+A shard carries its rows' content keys and its fingerprint, so every read checks the
+index's key -> row mapping against the shard, and a damaged index is rebuilt from the
+shards. ``clear`` renames the cache aside under the write lock; a writer that finds its
+index replaced writes its batch again into the new one.
 
 A vector's key is ``(fingerprint, content key)``: the fingerprint covers the
 network and the image policy, the content key is a hash of the image bytes.
-Writing a batch is: ``np.save`` to a hidden temporary file, ``fsync``, atomic
+Writing a batch is: the shard's records to a hidden temporary file, ``fsync``, atomic
 ``os.replace`` to its final name, then one SQLite transaction that records the
 shard (with its checksum) and its rows. A process killed at any point leaves
 either nothing, an unindexed temporary or shard file (ignored; removed by
@@ -40,9 +45,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CACHE_FORMAT", "EmbeddingCache", "default_cache_dir", "resolve_cache_dir"]
+__all__ = [
+    "CACHE_FORMAT",
+    "FINGERPRINT_FORMAT",
+    "SHARD_SUFFIX",
+    "VERIFY_FINDINGS",
+    "EmbeddingCache",
+    "default_cache_dir",
+    "resolve_cache_dir",
+]
 
-CACHE_FORMAT = 1
+# The on-disk layout, named in the folder ``featx-v<CACHE_FORMAT>``. Format 1 kept only the
+# vectors in a shard; format 2 keeps each row's content key and the fingerprint beside them,
+# so a read checks the index's key -> row mapping and a lost index is rebuilt from the
+# shards. A format-1 cache found beside a new one is migrated into it once.
+CACHE_FORMAT = 2
+# Part of every fingerprint (see featx._pipeline.extraction_spec): bumping it retires every
+# cached vector. It is not the layout: a new layout keeps the vectors (they are migrated).
+FINGERPRINT_FORMAT = 1
+SHARD_SUFFIX = ".npy"  # three .npy records in one file: vectors, then meta, then keys
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fingerprints (
     fp TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL, created REAL NOT NULL,
@@ -57,17 +78,20 @@ CREATE INDEX IF NOT EXISTS vectors_by_shard ON vectors (shard);
 """
 _CHUNK = 500  # keys per SELECT, below SQLite's host-parameter limit everywhere
 _BUSY_TIMEOUT = 120.0  # seconds a connection waits for another process's lock
-_TEMP_SUFFIX = ".npy.tmp"  # a shard being written: ``.<uuid>.npy.tmp`` beside its final name
+_TEMP_SUFFIX = f"{SHARD_SUFFIX}.tmp"  # a shard being written: ``.<uuid>.npy.tmp``
+_PUT_ATTEMPTS = 20  # a put that finds the cache cleared under it starts again, this often
 # How old an unindexed file must be before verify() deletes it: younger ones may belong to
 # a writer running right now, between its write and its index commit (which waits at most
 # _BUSY_TIMEOUT for the lock).
 VERIFY_GRACE_SECONDS = 600.0
-_VERIFY_FINDINGS = (
+# What verify() counts, each a key of its report (see its docstring).
+VERIFY_FINDINGS = (
     "dangling_vectors",
     "bad_rows",
     "missing_shards",
     "unreadable_shards",
     "checksum_failures",
+    "key_mismatches",
     "unreferenced_shards",
     "orphan_files",
     "temp_files",
@@ -96,27 +120,61 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
     return Path(cache_dir)
 
 
-def _checksum(array: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+def _checksum(vectors: np.ndarray, keys: np.ndarray) -> str:
+    """BLAKE2b of a shard's vectors and keys: it covers the key -> row mapping too."""
+    digest = hashlib.blake2b(np.ascontiguousarray(vectors).tobytes(), digest_size=16)
+    digest.update(np.ascontiguousarray(keys).tobytes())
+    return digest.hexdigest()
 
 
-def _check_shard(
-    path: Path, n: int, dim: int | None, checksum: str
-) -> tuple[str | None, str | None]:
-    """``(None, None)`` for a sound shard file, else ``(finding, what is wrong)``."""
+def _key_array(keys: list[str]) -> np.ndarray:
+    return np.array([key.encode() for key in keys], dtype=np.bytes_)
+
+
+class _ShardError(Exception):
+    """A shard file that cannot be trusted: ``kind`` is a verify finding, ``problem`` words."""
+
+    def __init__(self, kind: str, problem: str) -> None:
+        super().__init__(problem)
+        self.kind, self.problem = kind, problem
+
+
+def _write_shard(file: Any, vectors: np.ndarray, keys: np.ndarray, meta: dict) -> None:
+    """Vectors first (``np.load(shard)`` gives them), then the meta JSON, then the keys."""
+    np.save(file, vectors, allow_pickle=False)
+    np.save(file, np.array(json.dumps(meta, sort_keys=True).encode()), allow_pickle=False)
+    np.save(file, keys, allow_pickle=False)
+
+
+def _load_shard(
+    path: Path, n: int | None = None, dim: int | None = None, checksum: str | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(vectors, keys, meta)`` of a sound shard file, checked against what the index says
+    (``n``, ``dim``, ``checksum``; None: not known) and against its own checksum; else
+    :class:`_ShardError`."""
     try:
-        data = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            vectors = np.lib.format.read_array(f, allow_pickle=False)
+            meta_record = np.lib.format.read_array(f, allow_pickle=False)
+            keys = np.lib.format.read_array(f, allow_pickle=False)
+        meta = json.loads(bytes(meta_record.item()))
     except FileNotFoundError:
-        return "missing_shards", "the file is missing"
-    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
-        return "unreadable_shards", f"it cannot be read ({exc})"
-    shape_ok = data.ndim == 2 and data.shape[0] == n and dim in (None, data.shape[1])
-    if not shape_ok or data.dtype != np.float32:
-        expected = f"({n}, {'dim' if dim is None else dim}) float32"
-        return "unreadable_shards", f"it has shape {data.shape} {data.dtype}, expected {expected}"
-    if _checksum(data) != checksum:
-        return "checksum_failures", "its checksum does not match"
-    return None, None
+        raise _ShardError("missing_shards", "the file is missing") from None
+    # EOFError: an empty file; ValueError: a truncated one or a bad header.
+    except (OSError, ValueError, EOFError, TypeError, AttributeError) as exc:
+        raise _ShardError("unreadable_shards", f"it cannot be read ({exc})") from None
+    rows = vectors.shape[0] if vectors.ndim else -1
+    shape_ok = vectors.ndim == 2 and n in (None, rows) and dim in (None, vectors.shape[1])
+    if not shape_ok or vectors.dtype != np.float32:
+        expected = f"({'n' if n is None else n}, {'dim' if dim is None else dim}) float32"
+        problem = f"it has shape {vectors.shape} {vectors.dtype}, expected {expected}"
+        raise _ShardError("unreadable_shards", problem)
+    if keys.ndim != 1 or keys.dtype.kind != "S" or len(keys) != rows or not isinstance(meta, dict):
+        raise _ShardError("unreadable_shards", "its keys or metadata are not in format 2")
+    actual = _checksum(vectors, keys)
+    if actual != meta.get("checksum") or checksum not in (None, actual):
+        raise _ShardError("checksum_failures", "its checksum does not match")
+    return vectors, keys, meta
 
 
 class EmbeddingCache:
@@ -145,6 +203,7 @@ class EmbeddingCache:
         self.root = None if self.location is None else self.location / f"featx-v{CACHE_FORMAT}"
         self._local = threading.local()
         self._unusable: str | None = None  # why a given location could not be used
+        self._specs: dict[str, dict] = {}  # fingerprint -> spec, written into each shard
         self.read_only = False  # a cache that can be read but not written (a shared mount)
         self.rebuilt: str | None = None  # where a damaged index was moved aside, if it was
         if self.root is not None:
@@ -160,6 +219,8 @@ class EmbeddingCache:
                     )
                     self.root = None
                     self._unusable = str(exc)
+            else:
+                self._migrate_format_1()
 
     def _open(self) -> None:
         """Open (or create) the index for reading and writing; a damaged one is rebuilt."""
@@ -171,8 +232,7 @@ class EmbeddingCache:
         except sqlite3.DatabaseError as exc:
             if not _is_damage(exc):
                 raise
-            self._set_aside(exc)
-            self._connect().executescript(_SCHEMA)
+            self._rebuild(exc)
 
     def _open_read_only(self, exc: BaseException) -> bool:
         """Serve an existing index that cannot be written (a read-only mount): True if so."""
@@ -194,8 +254,9 @@ class EmbeddingCache:
         )
         return True
 
-    def _set_aside(self, exc: BaseException) -> None:
-        """Move a damaged index (and its WAL files) aside and start an empty one, once."""
+    def _rebuild(self, exc: BaseException) -> None:
+        """Move a damaged index (and its WAL files) aside, start a new one and fill it from
+        the shard files, which carry their fingerprint and keys; say so once."""
         self.close()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.root / f"index.sqlite.damaged-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -203,14 +264,137 @@ class EmbeddingCache:
             path = self.root / f"index.sqlite{suffix}"
             if path.exists():
                 os.replace(path, f"{aside}{suffix}")
-        # The shards are kept on disk but no longer indexed: verify() removes them as orphans.
         self.rebuilt = str(aside)
+        self._connect().executescript(_SCHEMA)
+        n_shards, n_vectors, n_bad = self._reindex()
+        unusable = f"; {n_bad} shard files that failed their checks were left out" if n_bad else ""
         warnings.warn(
             f"The cache index {str(self.root / 'index.sqlite')!r} was damaged ({exc}). It was "
-            f"moved aside to {str(aside)!r} and a new, empty index started: the vectors it "
-            "listed will be computed again.",
+            f"moved aside to {str(aside)!r} and rebuilt from the shard files: {n_vectors} "
+            f"vectors in {n_shards} shards are kept{unusable}.",
             stacklevel=4,
         )
+
+    def _reindex(self) -> tuple[int, int, int]:
+        """Index every sound shard file; return (shards, vectors, files left out)."""
+        conn = self._connect()
+        n_shards = n_vectors = n_bad = 0
+        for path in sorted((self.root / "shards").glob(f"*/*{SHARD_SUFFIX}")):
+            if path.name.startswith("."):
+                continue
+            try:
+                vectors, keys, meta = _load_shard(path)
+                fp, checksum = str(meta["fingerprint"]), meta["checksum"]
+                created = path.stat().st_mtime
+            except (_ShardError, KeyError, OSError):
+                n_bad += 1  # left on disk as an orphan: verify removes it
+                continue
+            shard, relative = path.stem, path.relative_to(self.root).as_posix()
+            rows = [(fp, key.decode(), shard, row) for row, key in enumerate(keys.tolist())]
+            with _Transaction(conn):
+                conn.execute(
+                    "INSERT OR IGNORE INTO fingerprints (fp, dim, spec, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    (
+                        fp,
+                        vectors.shape[1],
+                        json.dumps(meta.get("spec", {}), sort_keys=True),
+                        created,
+                    ),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        shard,
+                        fp,
+                        relative,
+                        len(keys),
+                        checksum,
+                        created,
+                    ),
+                )
+                n_vectors += conn.executemany(
+                    "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)", rows
+                ).rowcount
+            n_shards += 1
+        return n_shards, n_vectors, n_bad
+
+    def _migrate_format_1(self) -> None:
+        """Move the vectors of a format-1 cache beside this one into it, once, then remove it.
+
+        Format 1 shards hold no keys, so the old index's key -> row mapping is taken as it is
+        (each shard's checksum is checked first). Processes opening the cache together take
+        turns on a lock file; a migration cut short is resumed by the next open (vectors
+        already moved are not written twice)."""
+        old = self.location / "featx-v1"
+        if not (old / "index.sqlite").is_file():
+            return
+        try:
+            with open(self.root / ".migrating.lock", "a") as lock:
+                _lock_exclusive(lock)
+                if not (old / "index.sqlite").is_file():  # another process finished it
+                    return
+                moved, lost = self._copy_format_1(old)
+                aside = self.location / f".featx-v1.migrated-{uuid.uuid4().hex[:6]}"
+                os.replace(old, aside)
+            _remove_tree(aside)
+        except (OSError, sqlite3.Error) as exc:
+            warnings.warn(
+                f"The format-1 cache {str(old)!r} could not be migrated to format 2 ({exc}); "
+                "it is left as it is and its vectors will be computed again. Delete that "
+                "folder to silence this.",
+                stacklevel=4,
+            )
+            return
+        left_out = f"; {lost} whose shards failed their checks were left out" if lost else ""
+        warnings.warn(
+            f"The cache {str(self.location)!r} was in format 1; {moved} vectors were moved to "
+            f"format 2 (shards that carry their keys){left_out}.",
+            stacklevel=4,
+        )
+
+    def _copy_format_1(self, old: Path) -> tuple[int, int]:
+        from urllib.parse import quote
+
+        source = sqlite3.connect(
+            f"file:{quote(str(old / 'index.sqlite'))}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT
+        )
+        moved = lost = 0
+        try:
+            conn = self._connect()
+            fingerprints = source.execute("SELECT fp, dim, spec, created FROM fingerprints")
+            with _Transaction(conn):
+                conn.executemany(
+                    "INSERT OR IGNORE INTO fingerprints (fp, dim, spec, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    fingerprints.fetchall(),
+                )
+            shards = source.execute("SELECT id, fp, path, n, checksum FROM shards").fetchall()
+            for shard, fp, relative, n, checksum in shards:
+                pairs = source.execute(
+                    "SELECT key, row FROM vectors WHERE shard = ? AND fp = ? AND row >= 0 "
+                    "AND row < ? ORDER BY row",
+                    (shard, fp, n),
+                ).fetchall()
+                try:
+                    data = np.load(old / relative, allow_pickle=False)
+                    sound = data.shape[0] == n and data.dtype == np.float32 and data.ndim == 2
+                    digest = hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
+                except (OSError, ValueError, EOFError):
+                    sound, digest = False, None
+                if not sound or digest != checksum:
+                    lost += len(pairs)
+                    continue
+                keys = [key for key, _ in pairs]
+                have = self.get(fp, keys, data.shape[1])[0]
+                wanted = [i for i in range(len(pairs)) if not have[i]]
+                if wanted:
+                    rows = np.array([pairs[i][1] for i in wanted])
+                    self.put(fp, [keys[i] for i in wanted], data[rows])
+                moved += len(pairs)
+        finally:
+            source.close()
+        return moved, lost
 
     @property
     def enabled(self) -> bool:
@@ -233,6 +417,7 @@ class EmbeddingCache:
                 conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
+                self._local.identity = _identity(path)
             self._local.conn = conn
         return conn
 
@@ -241,6 +426,18 @@ class EmbeddingCache:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        self._local.identity = None
+
+    def _replaced(self) -> bool:
+        """Whether the index this thread is connected to is no longer the cache's index
+        (another process cleared the cache, or rebuilt a damaged index, meanwhile)."""
+        identity = getattr(self._local, "identity", None)
+        return identity is not None and _identity(self.root / "index.sqlite") != identity
+
+    def _reconnect_if_replaced(self) -> None:
+        if self._replaced():
+            self.close()
+            self._open()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -258,10 +455,16 @@ class EmbeddingCache:
         Each shard file is read once, whatever the order of ``keys``, and memory holds one
         shard at a time besides the key lookup tables (about 200 bytes a key).
         """
+        return self._read_into(fingerprint, keys, out, may_rebuild=True)
+
+    def _read_into(
+        self, fingerprint: str, keys: list[str], out: Any, may_rebuild: bool
+    ) -> np.ndarray:
         dim = int(out.shape[1])
         found = np.zeros(len(keys), dtype=bool)
         if not self.enabled or not keys:
             return found
+        self._reconnect_if_replaced()
         first: dict[str, int] = {}
         repeats: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
@@ -281,11 +484,10 @@ class EmbeddingCache:
                     [fingerprint, *chunk],
                 ).fetchall()
             except sqlite3.DatabaseError as exc:
-                if not _is_damage(exc) or self.read_only:
+                if not _is_damage(exc) or self.read_only or not may_rebuild:
                     raise
-                self._set_aside(exc)  # found nothing: everything is computed again
-                self._connect().executescript(_SCHEMA)
-                return found
+                self._rebuild(exc)  # then look again, in the index rebuilt from the shards
+                return self._read_into(fingerprint, keys, out, may_rebuild=False)
             for key, shard, row in rows:
                 by_shard[shard].append((row, first[key]))
                 for i in repeats.get(key, ()):  # the same image given more than once
@@ -293,16 +495,68 @@ class EmbeddingCache:
         del unique
         for shard in list(by_shard):
             wanted = by_shard.pop(shard)
-            data = self._read_shard(shard, dim)
-            if data is None:
+            loaded = self._read_shard(shard, dim)
+            if loaded is None:
                 continue
+            data, shard_keys = loaded
             source = np.fromiter((row for row, _ in wanted), np.int64, len(wanted))
             target = np.fromiter((i for _, i in wanted), np.int64, len(wanted))
+            expected = _key_array([keys[i] for i in target])
+            mismatched = shard_keys[source] != expected
+            if mismatched.any():  # the index's rows are wrong: trust the shard's own keys
+                source, target = self._correct_rows(
+                    fingerprint, shard, shard_keys, source, target, expected, mismatched
+                )
             out[target] = data[source]
             found[target] = True
         return found
 
-    def _read_shard(self, shard: str, dim: int) -> np.ndarray | None:
+    def _correct_rows(
+        self,
+        fingerprint: str,
+        shard: str,
+        shard_keys: np.ndarray,
+        source: np.ndarray,
+        target: np.ndarray,
+        expected: np.ndarray,
+        mismatched: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of a shard whose index entries name the wrong row: find each key in the
+        shard itself, fix (or drop) its index row, and return the rows to read."""
+        where = {key: row for row, key in enumerate(shard_keys.tolist())}
+        fixes, drops = {}, set()
+        keep = ~mismatched
+        source = source.copy()
+        for j in np.flatnonzero(mismatched):
+            key = expected[j]
+            if key in where:
+                source[j] = where[key]
+                keep[j] = True
+                fixes[key.decode()] = where[key]
+            else:
+                drops.add(key.decode())
+        warnings.warn(
+            f"The cache index named the wrong rows of shard {shard} for {int(mismatched.sum())}"
+            f" images; the shard's own keys were used ({len(fixes)} found, {len(drops)} to "
+            "compute again) and the index was corrected.",
+            stacklevel=4,
+        )
+        if not self.read_only:
+            conn = self._connect()
+            with _Transaction(conn):
+                conn.executemany(
+                    "UPDATE vectors SET row = ? WHERE fp = ? AND key = ? AND shard = ?",
+                    [(row, fingerprint, key, shard) for key, row in fixes.items()],
+                )
+                conn.executemany(
+                    "DELETE FROM vectors WHERE fp = ? AND key = ? AND shard = ?",
+                    [(fingerprint, key, shard) for key in drops],
+                )
+        return source[keep], target[keep]
+
+    def _read_shard(self, shard: str, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A shard's ``(vectors, keys)``, checked; None (with a warning, and the shard
+        dropped) if it cannot be trusted."""
         conn = self._connect()
         meta = conn.execute(
             "SELECT path, n, checksum FROM shards WHERE id = ?", (shard,)
@@ -311,16 +565,13 @@ class EmbeddingCache:
         if meta is not None:
             path, n, checksum = meta
             try:
-                data = np.load(self.root / path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
-                problem = f"it cannot be read ({exc})"
+                data, keys, _ = _load_shard(self.root / path, n, dim, checksum)
+            except _ShardError as exc:
+                if exc.kind == "missing_shards" and self._replaced():
+                    return None  # the cache was cleared meanwhile: nothing to warn about
+                problem = exc.problem
             else:
-                if data.shape != (n, dim) or data.dtype != np.float32:
-                    problem = f"it has shape {data.shape} {data.dtype}, expected ({n}, {dim})"
-                elif _checksum(data) != checksum:
-                    problem = "its checksum does not match"
-                else:
-                    return data
+                return data, keys
         warnings.warn(
             f"Cache shard {shard} is dropped because {problem}; its images will be recomputed.",
             stacklevel=4,
@@ -347,6 +598,7 @@ class EmbeddingCache:
         """Record what a fingerprint stands for (shown by ``featx cache info``)."""
         if not self.enabled or self.read_only:
             return
+        self._specs[fingerprint] = json.loads(json.dumps(spec, sort_keys=True))
         conn = self._connect()
         with _Transaction(conn):
             conn.execute(
@@ -382,7 +634,8 @@ class EmbeddingCache:
     def put(self, fingerprint: str, keys: list[str], vectors: np.ndarray) -> None:
         """Store ``vectors[i]`` under ``keys[i]``: one shard file, one transaction.
 
-        A read-only cache stores nothing (it said so once, when opened)."""
+        A read-only cache stores nothing (it said so once, when opened). If another process
+        clears the cache meanwhile, the batch is written again into the new cache."""
         if not self.enabled or self.read_only or not keys:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -392,14 +645,72 @@ class EmbeddingCache:
                 f"vectors (array of shape {vectors.shape}); it stores vectors[i] under "
                 "keys[i], so pass one key per row of vectors."
             )
+        key_array = _key_array(keys)
+        checksum = _checksum(vectors, key_array)
+        meta = {
+            "format": CACHE_FORMAT,
+            "fingerprint": fingerprint,
+            "spec": self._spec(fingerprint),
+            "checksum": checksum,
+        }
+        for attempt in range(_PUT_ATTEMPTS):
+            self._reconnect_if_replaced()
+            try:
+                shard, relative = self._write_file(fingerprint, vectors, key_array, meta)
+            except OSError:
+                if attempt + 1 < _PUT_ATTEMPTS and self._replaced():
+                    continue  # its folder was moved away by a clear: write it again
+                raise
+            try:
+                conn = self._connect()
+                with _Transaction(conn):
+                    if self._replaced() or not (self.root / relative).exists():
+                        raise _ClearedError
+                    conn.execute(
+                        "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+                        (shard, fingerprint, relative, len(keys), checksum, time.time()),
+                    )
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
+                        [(fingerprint, key, shard, row) for row, key in enumerate(keys)],
+                    )
+                return
+            except _ClearedError:
+                # The cache was cleared between the file and the commit: the file went with
+                # the old cache (or is unindexed in the new one), so write the batch again.
+                _unlink_quietly(self.root / relative)
+                continue
+            except BaseException:
+                self._discard_unindexed(shard, relative)
+                raise
+        raise OSError(
+            f"The cache {str(self.location)!r} was cleared {_PUT_ATTEMPTS} times while one "
+            "batch was being written; it is not cached."
+        )
+
+    def _spec(self, fingerprint: str) -> dict:
+        """What ``fingerprint`` stands for, as registered (kept in each shard for rebuilds)."""
+        if fingerprint not in self._specs:
+            row = (
+                self._connect()
+                .execute("SELECT spec FROM fingerprints WHERE fp = ?", (fingerprint,))
+                .fetchone()
+            )
+            self._specs[fingerprint] = {} if row is None else json.loads(row[0])
+        return self._specs[fingerprint]
+
+    def _write_file(
+        self, fingerprint: str, vectors: np.ndarray, keys: np.ndarray, meta: dict
+    ) -> tuple[str, str]:
+        """Write a shard file under a temporary name, then move it into place."""
         shard = uuid.uuid4().hex
         folder = self.root / "shards" / fingerprint[:16]
         folder.mkdir(parents=True, exist_ok=True)
-        relative = f"shards/{fingerprint[:16]}/{shard}.npy"
+        relative = f"shards/{fingerprint[:16]}/{shard}{SHARD_SUFFIX}"
         tmp = folder / f".{shard}{_TEMP_SUFFIX}"
         try:
             with open(tmp, "wb") as f:
-                np.save(f, vectors, allow_pickle=False)
+                _write_shard(f, vectors, keys, meta)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.root / relative)
@@ -408,20 +719,7 @@ class EmbeddingCache:
             _unlink_quietly(tmp)
             raise
         _fsync_dir(folder)
-        try:
-            conn = self._connect()
-            with _Transaction(conn):
-                conn.execute(
-                    "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
-                    (shard, fingerprint, relative, len(keys), _checksum(vectors), time.time()),
-                )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
-                    [(fingerprint, key, shard, row) for row, key in enumerate(keys)],
-                )
-        except BaseException:
-            self._discard_unindexed(shard, relative)
-            raise
+        return shard, relative
 
     def _discard_unindexed(self, shard: str, relative: str) -> None:
         """Delete the file of a shard whose index transaction failed (it was rolled back).
@@ -498,11 +796,18 @@ class EmbeddingCache:
             )
         if not self.enabled:
             return 0
-        n = self._connect().execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        self._reconnect_if_replaced()
+        conn = self._connect()
+        aside = self.location / f".featx-v{CACHE_FORMAT}.cleared-{uuid.uuid4().hex[:8]}"
+        # Under the write lock no other process is between its check and its commit, so a
+        # writer either committed before the move (and is cleared) or sees the move.
+        with _Transaction(conn):
+            n = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+            os.replace(self.root, aside)
         self.close()
-        shutil.rmtree(self.root)
-        self.root.mkdir(parents=True)
-        self._connect().executescript(_SCHEMA)
+        self._open()
+        for leftover in self.location.glob(f".featx-v{CACHE_FORMAT}.cleared-*"):
+            _remove_tree(leftover)  # this one, and any an interrupted clear left
         return n
 
     def verify(self, repair: bool = True, *, grace: float = VERIFY_GRACE_SECONDS) -> dict[str, Any]:
@@ -548,6 +853,16 @@ class EmbeddingCache:
         >>> report["ok"], report["n_vectors"], report["n_shards"]
         (True, 2, 1)
         """
+        for _ in range(_PUT_ATTEMPTS):
+            report = self._verify_report(repair, grace)
+            if not (self.enabled and self._replaced()):
+                break
+            # Cleared by another process meanwhile: what was checked is gone, and findings
+            # such as missing shards were the clear's doing. Check the new cache instead.
+            self._reconnect_if_replaced()
+        return report
+
+    def _verify_report(self, repair: bool, grace: float) -> dict[str, Any]:
         report: dict[str, Any] = {
             "location": None if self.location is None else str(self.location),
             "enabled": self.enabled,
@@ -558,7 +873,7 @@ class EmbeddingCache:
             "integrity": "ok",
             "n_vectors": 0,
             "n_shards": 0,
-            **dict.fromkeys(_VERIFY_FINDINGS, 0),
+            **dict.fromkeys(VERIFY_FINDINGS, 0),
             "vectors_dropped": 0,
             "shards_dropped": 0,
             "orphan_files_removed": 0,
@@ -579,7 +894,7 @@ class EmbeddingCache:
             report["ok"] = False
             report["problems"].append(f"the index cannot be read or written: {exc}")
             return report
-        found = sum(report[name] for name in _VERIFY_FINDINGS)
+        found = sum(report[name] for name in VERIFY_FINDINGS)
         sound = report["integrity"] == "ok" or report["index_rebuilt"] is not None
         report["ok"] = sound and found == fixed
         return report
@@ -597,7 +912,11 @@ class EmbeddingCache:
         now = time.time()
         shard_files: dict[str, tuple[Path, float]] = {}
         temp_files: list[tuple[Path, float]] = []
-        for path in sorted((self.root / "shards").glob("*/*")):
+        try:
+            listing = sorted((self.root / "shards").glob("*/*"))
+        except OSError:  # a folder removed while listed: the cache was cleared meanwhile
+            listing = []
+        for path in listing:
             try:
                 mtime = path.stat().st_mtime
             except FileNotFoundError:  # removed meanwhile by another process
@@ -617,12 +936,12 @@ class EmbeddingCache:
             note(f"SQLite integrity check: {report['integrity']}")
             if not repair:
                 return 0
-            # Repaired by moving it aside and starting an empty index; the shards it listed
-            # are then unindexed files, removed below as orphans (their keys are not in them).
-            self._set_aside(sqlite3.DatabaseError(report["integrity"]))
-            self._connect().executescript(_SCHEMA)
+            # Repaired by moving it aside and rebuilding it from the shard files.
+            self._rebuild(sqlite3.DatabaseError(report["integrity"]))
             report["index_rebuilt"] = self.rebuilt
             conn = self._connect()
+            known_now = {p for (p,) in conn.execute("SELECT path FROM shards")}
+            shard_files = {k: v for k, v in shard_files.items() if k not in known_now}
         fixed = 0
 
         row_checks = {
@@ -652,16 +971,21 @@ class EmbeddingCache:
         for shard, fp, relative, n, checksum in conn.execute(
             "SELECT id, fp, path, n, checksum FROM shards ORDER BY created"
         ).fetchall():
-            kind, problem = _check_shard(self.root / relative, n, dims.get(fp), checksum)
-            if kind is None:
+            try:
+                _, keys, _ = _load_shard(self.root / relative, n, dims.get(fp), checksum)
+            except _ShardError as exc:
+                gone = conn.execute("SELECT 1 FROM shards WHERE id = ?", (shard,)).fetchone()
+                if exc.kind == "missing_shards" and gone is None:
+                    continue  # removed meanwhile by another verify (an unused shard)
+                report[exc.kind] += 1
+                note(f"shard {relative}: {exc.problem}")
+                if repair:
+                    report["vectors_dropped"] += self._drop_shard(shard)
+                    report["shards_dropped"] += 1
+                    handled.add(relative)
+                    fixed += 1
                 continue
-            report[kind] += 1
-            note(f"shard {relative}: {problem}")
-            if repair:
-                report["vectors_dropped"] += self._drop_shard(shard)
-                report["shards_dropped"] += 1
-                handled.add(relative)
-                fixed += 1
+            fixed += self._verify_keys(conn, shard, relative, keys, report, repair, note)
 
         unreferenced = conn.execute(
             "SELECT id, path FROM shards s WHERE NOT EXISTS "
@@ -710,6 +1034,40 @@ class EmbeddingCache:
         report["n_shards"] = conn.execute("SELECT COUNT(*) FROM shards").fetchone()[0]
         return fixed
 
+    def _verify_keys(self, conn, shard, relative, keys, report, repair, note) -> int:
+        """Check a sound shard's index rows against the keys it holds; fix wrong rows (to the
+        row that holds the key, or dropped if none does). Returns how many were fixed."""
+        where = {key.decode(): row for row, key in enumerate(keys.tolist())}
+        wrong = [
+            (fp, key, where.get(key))
+            for fp, key, row in conn.execute(
+                # Rows outside the shard are counted (and fixed) as bad_rows already.
+                "SELECT fp, key, row FROM vectors WHERE shard = ? AND row >= 0 AND row < ?",
+                (shard, len(keys)),
+            )
+            if where.get(key) != row
+        ]
+        if not wrong:
+            return 0
+        report["key_mismatches"] += len(wrong)
+        note(f"shard {relative}: {len(wrong)} index rows name a row that holds another image")
+        if not repair:
+            return 0
+        with _Transaction(conn):
+            for fp, key, row in wrong:
+                if row is None:
+                    conn.execute(
+                        "DELETE FROM vectors WHERE fp = ? AND key = ? AND shard = ?",
+                        (fp, key, shard),
+                    )
+                    report["vectors_dropped"] += 1
+                else:
+                    conn.execute(
+                        "UPDATE vectors SET row = ? WHERE fp = ? AND key = ? AND shard = ?",
+                        (row, fp, key, shard),
+                    )
+        return len(wrong)
+
 
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front, so concurrent
@@ -757,6 +1115,37 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+class _ClearedError(Exception):
+    """The cache was cleared (its root moved away) while a batch was being written."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` is now (device, inode); None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _lock_exclusive(file: Any) -> None:
+    """Wait for an exclusive lock on an open file (released when it is closed)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; migrations may then run twice
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a folder moved aside; a file another process adds meanwhile is retried."""
+    for _ in range(5):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05)
 
 
 def _is_damage(exc: BaseException) -> bool:

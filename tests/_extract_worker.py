@@ -50,12 +50,14 @@ from typing import Any
 import numpy as np
 
 from featx.backbones import Backbone
+from featx.cache import CACHE_FORMAT, SHARD_SUFFIX
 
 N_IMAGES = 200
 WORKER = Path(__file__).resolve()
-SHARDS_GLOB = "featx-v1/shards/*/*.npy"
-TEMP_GLOB = "featx-v1/shards/*/.*.npy.tmp"  # a shard being written
-INDEX = Path("featx-v1") / "index.sqlite"
+ROOT = f"featx-v{CACHE_FORMAT}"
+SHARDS_GLOB = f"{ROOT}/shards/*/*{SHARD_SUFFIX}"
+TEMP_GLOB = f"{ROOT}/shards/*/.*{SHARD_SUFFIX}.tmp"  # a shard being written
+INDEX = Path(ROOT) / "index.sqlite"
 
 
 def write_images(folder: Path, n: int) -> list[str]:
@@ -130,7 +132,7 @@ def temp_files(cache_dir: Path) -> list[Path]:
 
 def indexed_paths(cache_dir: Path) -> set[Path]:
     """The shard files the index lists, whether or not they exist."""
-    root = cache_dir / "featx-v1"
+    root = cache_dir / ROOT
     with closing(sqlite3.connect(cache_dir / INDEX)) as conn:
         return {root / path for (path,) in conn.execute("SELECT path FROM shards")}
 

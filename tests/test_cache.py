@@ -35,6 +35,7 @@ from _extract_worker import (
     INDEX,
     N_IMAGES,
     PHASES,
+    ROOT,
     SHARDS_GLOB,
     NumpyBackbone,
     finish,
@@ -63,6 +64,7 @@ FINDINGS = (
     "missing_shards",
     "unreadable_shards",
     "checksum_failures",
+    "key_mismatches",
     "unreferenced_shards",
     "orphan_files",
     "temp_files",
@@ -133,7 +135,7 @@ def _assert_clean(report: dict) -> None:
 def _age(cache_dir: Path, seconds: float = 3600) -> None:
     """Make every file under the shards folder ``seconds`` old, as if left long ago."""
     then = time.time() - seconds
-    for path in (cache_dir / "featx-v1" / "shards").rglob("*"):
+    for path in (cache_dir / ROOT / "shards").rglob("*"):
         os.utime(path, (then, then))
 
 
@@ -477,7 +479,7 @@ def test_opening_a_new_cache_while_another_process_writes_it(tmp_path):
     """The race of two processes opening a new cache at once, made deterministic: a second
     connection holds the write lock on the brand-new index (as a process switching it to
     WAL does) for a moment; opening the cache must wait for it, not disable caching."""
-    root = tmp_path / "cache" / "featx-v1"
+    root = tmp_path / "cache" / ROOT
     root.mkdir(parents=True)
     other = sqlite3.connect(root / "index.sqlite", isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
@@ -576,6 +578,11 @@ def _is_temp_file(file, *args, **kwargs) -> bool:
     return str(getattr(file, "name", file)).endswith(".npy.tmp")
 
 
+def _is_vectors_record(file, arr=None, *args, **kwargs) -> bool:
+    """np.save of a shard's vectors (a shard file holds the vectors, its meta and its keys)."""
+    return _is_temp_file(file) and getattr(arr, "ndim", 0) == 2
+
+
 def _is_shard_folder(path, *args, parents=False, **kwargs) -> bool:
     return path.parent.name == "shards" and parents  # put()'s call, not pathlib's retry
 
@@ -585,7 +592,7 @@ def _is_regular_file(fd) -> bool:
 
 
 WRITE_FAULTS = {
-    "np.save-half-written": (np, "save", _is_temp_file, _save_half_then_disk_full),
+    "np.save-half-written": (np, "save", _is_vectors_record, _save_half_then_disk_full),
     "fsync": (os, "fsync", _is_regular_file, lambda real, *a: _disk_full()),
     "rename": (os, "replace", _is_temp_file, lambda real, *a: _disk_full()),
     "read-only-mkdir": (Path, "mkdir", _is_shard_folder, _read_only),
@@ -696,7 +703,7 @@ def test_shard_left_by_a_failed_transaction_is_an_orphan_verify_removes(tmp_path
 
 
 def test_verify_finds_every_kind_of_damage_and_repairs_it(tmp_path):
-    root = tmp_path / "c" / "featx-v1"
+    root = tmp_path / "c" / ROOT
     cache = EmbeddingCache(tmp_path / "c")
     cache.register(FP, 4, {"test": "verify"})
     for i in range(7):
@@ -724,6 +731,7 @@ def test_verify_finds_every_kind_of_damage_and_repairs_it(tmp_path):
         "missing_shards": 1,
         "unreadable_shards": 2,
         "checksum_failures": 1,
+        "key_mismatches": 0,
         "unreferenced_shards": 1,
         "orphan_files": 1,  # the file of the shard whose row was deleted
         "temp_files": 1,
@@ -753,7 +761,7 @@ def test_corrupted_shard_is_detected_and_recomputed(clean, tmp_path):
     finish(start(paths, cache_dir, tmp_path / "first"), tmp_path / "first")
     victim = shard_files(cache_dir)[3]
     data = bytearray(victim.read_bytes())
-    data[-40:-8] = bytes(b ^ 0xFF for b in data[-40:-8])  # inside the float data
+    data[200:232] = bytes(b ^ 0xFF for b in data[200:232])  # inside the float data
     victim.write_bytes(bytes(data))
 
     X, report = finish(start(paths, cache_dir, tmp_path / "second"), tmp_path / "second")
@@ -796,13 +804,14 @@ def test_verify_reports_a_damaged_index_without_crashing(tmp_path):
     report = EmbeddingCache(tmp_path / "c").verify(repair=False)
     assert report["ok"] is False and report["integrity"] != "ok"
     json.dumps(report)
-    # With repair (the default) the damaged index is moved aside and a new one started.
+    # With repair (the default) the damaged index is moved aside and rebuilt from the shards.
     with pytest.warns(UserWarning, match="damaged"):
         report = EmbeddingCache(tmp_path / "c").verify(grace=0)
     assert report["integrity"] != "ok" and report["index_rebuilt"], report
-    assert report["ok"] and report["orphan_files_removed"] == 40, report
+    assert report["ok"] and report["orphan_files_removed"] == 0, report
+    assert (report["n_vectors"], report["n_shards"]) == (2000, 40)
     again = EmbeddingCache(tmp_path / "c").verify()
-    assert again["ok"] and again["integrity"] == "ok" and again["n_vectors"] == 0
+    assert again["ok"] and again["integrity"] == "ok" and again["n_vectors"] == 2000
 
 
 # -- what the index records -------------------------------------------------------------------
@@ -811,7 +820,7 @@ def test_verify_reports_a_damaged_index_without_crashing(tmp_path):
 def test_cache_holds_one_row_per_image(image_folder, tmp_path):
     _extractor(tmp_path / "c").extract(image_folder)
     _extractor(tmp_path / "c").extract(image_folder)
-    with sqlite3.connect(tmp_path / "c" / "featx-v1" / "index.sqlite") as db:
+    with sqlite3.connect(tmp_path / "c" / ROOT / "index.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 12
 
 

@@ -195,41 +195,48 @@ def _filled_cache(root, n_shards: int = 60, rows: int = 50):
 
 
 def test_a_truncated_index_is_moved_aside_and_rebuilt_once(tmp_path):
-    from featx.cache import EmbeddingCache
+    from featx.cache import CACHE_FORMAT, EmbeddingCache
 
     keys = _filled_cache(tmp_path)
-    index = tmp_path / "featx-v1" / "index.sqlite"
+    expected = EmbeddingCache(tmp_path).get("fp", keys, dim=8)[1]
+    index = tmp_path / f"featx-v{CACHE_FORMAT}" / "index.sqlite"
     assert index.stat().st_size > 20_000
     with open(index, "r+b") as f:
         f.truncate(5000)
     with pytest.warns(UserWarning, match="damaged") as caught:
         cache = EmbeddingCache(tmp_path)
     assert len([w for w in caught if "damaged" in str(w.message)]) == 1
+    message = f"rebuilt from the shard files: {len(keys)} vectors in 60 shards are kept."
+    assert message in str(caught[0].message)
     assert cache.enabled and cache.rebuilt and Path(cache.rebuilt).is_file()
-    found, _ = cache.get("fp", keys[:10], dim=8)
-    assert not found.any()  # nothing trusted from the damaged index
+    found, got = cache.get("fp", keys, dim=8)  # every vector kept, from the shards' own keys
+    assert found.all()
+    np.testing.assert_array_equal(got, expected)
+    assert cache.info()["fingerprints"][0]["spec"] == {"what": "test vectors"}
     vectors = np.ones((2, 8), np.float32)
     cache.put("fp", ["a", "b"], vectors)
     found, got = cache.get("fp", ["a", "b"], dim=8)
     assert found.all() and np.array_equal(got, vectors)
-    report = cache.verify(grace=0)  # the old shards are unindexed files now: removed
-    assert report["ok"] and report["orphan_files_removed"] == 60
-    assert cache.verify()["ok"] and cache.clear() == 2
+    report = cache.verify(grace=0)
+    assert report["ok"] and report["n_vectors"] == len(keys) + 2
+    assert report["orphan_files_removed"] == 0
+    assert cache.verify()["ok"] and cache.clear() == len(keys) + 2
 
 
 def test_verify_rebuilds_an_index_damaged_while_open(tmp_path):
-    from featx.cache import EmbeddingCache
+    from featx.cache import CACHE_FORMAT, EmbeddingCache
 
-    _filled_cache(tmp_path)
+    keys = _filled_cache(tmp_path)
     cache = EmbeddingCache(tmp_path)
     cache.close()
-    index = tmp_path / "featx-v1" / "index.sqlite"
+    index = tmp_path / f"featx-v{CACHE_FORMAT}" / "index.sqlite"
     data = bytearray(index.read_bytes())
     data[4096 : 4096 * 3] = b"\xff" * (4096 * 2)  # overwrite pages in place
     index.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="damaged"):
         report = EmbeddingCache(tmp_path).verify(grace=0)
     assert report["index_rebuilt"] and report["ok"], report
+    assert report["n_vectors"] == len(keys) and report["orphan_files"] == 0
     assert EmbeddingCache(tmp_path).verify()["ok"]
 
 
@@ -300,3 +307,166 @@ def test_a_read_only_cache_serves_its_vectors_and_writes_nothing(tmp_path, monke
 
             gc.collect()  # a failed assertion may leave a connection open: unmount lazily
             subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+# -- the cache: keys in the shards, format 1 migrated, clear racing an extract ----------------
+
+
+def test_swapped_index_rows_are_caught_by_the_shards_keys(tmp_path):
+    import sqlite3
+
+    from featx.cache import CACHE_FORMAT, EmbeddingCache
+
+    keys = _filled_cache(tmp_path, n_shards=2, rows=5)
+    cache = EmbeddingCache(tmp_path)
+    expected = cache.get("fp", keys, dim=8)[1]
+    cache.close()
+    with sqlite3.connect(tmp_path / f"featx-v{CACHE_FORMAT}" / "index.sqlite") as db:
+        # Within a shard: key-0-1 <-> key-0-3. Across shards: key-0-0 names key-1-0's place.
+        row = "SELECT shard, row FROM vectors WHERE key = ?"
+        (_, r1), (_, r3), (s2, r0) = (db.execute(row, (k,)).fetchone() for k in
+                                        ("key-0-1", "key-0-3", "key-1-0"))  # fmt: skip
+        db.execute("UPDATE vectors SET row = ? WHERE key = 'key-0-1'", (r3,))
+        db.execute("UPDATE vectors SET row = ? WHERE key = 'key-0-3'", (r1,))
+        db.execute("UPDATE vectors SET shard = ?, row = ? WHERE key = 'key-0-0'", (s2, r0))
+
+    report = EmbeddingCache(tmp_path).verify(repair=False)
+    assert not report["ok"] and report["key_mismatches"] == 3, report
+
+    cache = EmbeddingCache(tmp_path)
+    with pytest.warns(UserWarning, match="wrong rows") as caught:
+        found, got = cache.get("fp", keys, dim=8)
+    assert len(caught) == 2  # one per shard read
+    # No image gets another's vector: the swapped pair is read from the right rows, the
+    # key whose shard does not hold it is not found (it is computed again).
+    assert found.tolist() == [k != "key-0-0" for k in keys]
+    np.testing.assert_array_equal(got[found], expected[found])
+    report = cache.verify(grace=0)  # the reads corrected the index already
+    assert report["ok"] and report["key_mismatches"] == 0, report
+    assert report["n_vectors"] == len(keys) - 1
+
+
+def test_verify_corrects_swapped_rows(tmp_path):
+    import sqlite3
+
+    from featx.cache import CACHE_FORMAT, EmbeddingCache
+
+    keys = _filled_cache(tmp_path, n_shards=1, rows=4)
+    expected = EmbeddingCache(tmp_path).get("fp", keys, dim=8)[1]
+    with sqlite3.connect(tmp_path / f"featx-v{CACHE_FORMAT}" / "index.sqlite") as db:
+        db.execute("UPDATE vectors SET row = 3 - row")
+    report = EmbeddingCache(tmp_path).verify()
+    assert report["ok"] and report["key_mismatches"] == 4 and report["vectors_dropped"] == 0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found, got = EmbeddingCache(tmp_path).get("fp", keys, dim=8)
+    assert found.all()
+    np.testing.assert_array_equal(got, expected)
+
+
+FORMAT_1_SCHEMA = """
+CREATE TABLE fingerprints (
+    fp TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL, created REAL NOT NULL,
+    n_computed INTEGER NOT NULL DEFAULT 0, compute_seconds REAL NOT NULL DEFAULT 0);
+CREATE TABLE shards (
+    id TEXT PRIMARY KEY, fp TEXT NOT NULL, path TEXT NOT NULL, n INTEGER NOT NULL,
+    checksum TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE vectors (
+    fp TEXT NOT NULL, key TEXT NOT NULL, shard TEXT NOT NULL, row INTEGER NOT NULL,
+    PRIMARY KEY (fp, key)) WITHOUT ROWID;
+"""
+
+
+def _format_1_cache(location: Path, shards: list[tuple[list[str], np.ndarray]]) -> None:
+    """A cache as featx wrote it before format 2: .npy shards of vectors alone, keys only in
+    the index (the schema is unchanged)."""
+    import hashlib
+    import sqlite3
+    import uuid
+
+    root = location / "featx-v1"
+    (root / "shards" / "fp").mkdir(parents=True)
+    db = sqlite3.connect(root / "index.sqlite")
+    db.executescript(FORMAT_1_SCHEMA)
+    db.execute("INSERT INTO fingerprints (fp, dim, spec, created) VALUES ('fp', 8, '{}', 0)")
+    for keys, vectors in shards:
+        shard = uuid.uuid4().hex
+        relative = f"shards/fp/{shard}.npy"
+        np.save(root / relative, vectors)
+        checksum = hashlib.blake2b(vectors.tobytes(), digest_size=16).hexdigest()
+        db.execute("INSERT INTO shards VALUES (?, 'fp', ?, ?, ?, 0)",
+                   (shard, relative, len(keys), checksum))  # fmt: skip
+        db.executemany("INSERT INTO vectors VALUES ('fp', ?, ?, ?)",
+                       [(k, shard, r) for r, k in enumerate(keys)])  # fmt: skip
+    db.commit()
+    db.close()
+
+
+def test_a_format_1_cache_is_migrated_once_and_keeps_its_vectors(tmp_path):
+    from featx.cache import EmbeddingCache
+
+    rng = np.random.default_rng(1)
+    batches = [([f"k{s}-{r}" for r in range(6)], rng.normal(size=(6, 8)).astype(np.float32))
+               for s in range(3)]  # fmt: skip
+    bad_keys, bad = ["bad-0", "bad-1"], np.ones((2, 8), np.float32)
+    _format_1_cache(tmp_path, [*batches, (bad_keys, bad)])
+    victim = sorted((tmp_path / "featx-v1" / "shards" / "fp").iterdir())
+    shard_of_bad = next(p for p in victim if np.load(p).shape[0] == 2)
+    np.save(shard_of_bad, np.zeros((2, 8), np.float32))  # its checksum no longer matches
+
+    with pytest.warns(UserWarning, match="format 1") as caught:
+        cache = EmbeddingCache(tmp_path)
+    message = str(caught[0].message)
+    assert "18 vectors were moved" in message and "2 whose shards failed" in message
+    assert not (tmp_path / "featx-v1").exists() and not list(tmp_path.glob(".featx-v1*"))
+    keys = [k for ks, _ in batches for k in ks]
+    found, got = cache.get("fp", [*keys, *bad_keys], dim=8)
+    assert found.tolist() == [True] * 18 + [False, False]
+    np.testing.assert_array_equal(got[:18], np.concatenate([v for _, v in batches]))
+    assert cache.verify(grace=0)["ok"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # migrated once: the next open says nothing
+        assert EmbeddingCache(tmp_path).info()["n_vectors"] == 18
+
+
+def test_clear_during_an_extract_in_another_process_loses_none_of_its_later_writes(tmp_path):
+    import time
+
+    from _extract_worker import finish, indexed_paths, shard_files, start, write_images
+
+    from featx.cache import EmbeddingCache
+
+    paths = write_images(tmp_path / "images", 120)  # 15 batches of 8
+    clean, _ = finish(start(paths, None, tmp_path / "clean", backbone="numpy"), tmp_path / "clean")
+    cache_dir = tmp_path / "cache"
+    # Each batch pauses between its shard's rename and its index commit: clears land there.
+    proc = start(paths, cache_dir, tmp_path / "run", backbone="numpy", rename_delay=0.15)
+    deadline = time.monotonic() + 60
+    while not shard_files(cache_dir):
+        assert proc.poll() is None and time.monotonic() < deadline, "the worker never wrote"
+        time.sleep(0.01)
+    cleared = 0
+    for _ in range(6):  # clears from this process, each with its own cache object
+        cleared += EmbeddingCache(cache_dir).clear()  # no "Directory not empty" traceback
+        time.sleep(0.1)
+    after_last_clear = len(shard_files(cache_dir))
+    X, report = finish(proc, tmp_path / "run")
+    np.testing.assert_array_equal(X, clean)
+    assert not report["failed"]
+    # What the extract wrote after the last clear is in the index, not in a lost one.
+    assert proc.returncode == 0
+    files = set(shard_files(cache_dir))
+    assert files == indexed_paths(cache_dir) and len(files) > after_last_clear
+    report = EmbeddingCache(cache_dir).verify(grace=0)
+    assert report["ok"] and report["orphan_files"] == report["orphan_files_pending"] == 0
+    n_left = report["n_vectors"]
+    assert n_left >= 8 * (len(files) - 1) and n_left + cleared >= 8
+    again, rerun = finish(start(paths, cache_dir, tmp_path / "again", backbone="numpy"),
+                          tmp_path / "again")  # fmt: skip
+    np.testing.assert_array_equal(again, clean)
+    assert rerun["cache_hits"] == n_left
+    assert not list(cache_dir.glob(".featx-v*.cleared-*"))
