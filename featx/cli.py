@@ -515,6 +515,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _extract(args: argparse.Namespace) -> Result:
     from featx.extract import Extractor
+    from featx.sources import resolve_source
 
     extractor = Extractor(
         args.backbone,
@@ -528,16 +529,16 @@ def _extract(args: argparse.Namespace) -> Result:
         ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
     to_npz = bool(args.out) and args.out.lower().endswith(".npz")
-    embeddings = extractor.extract(
-        args.source,
-        path_column=args.path_column,
-        label_column=args.label_column,
-        out=None if to_npz else args.out,
+    # Resolved here so that the summary can report the files a folder scan left out.
+    images = resolve_source(
+        args.source, path_column=args.path_column, label_column=args.label_column
     )
+    embeddings = extractor.extract(images, out=None if to_npz else args.out)
     if to_npz:
         embeddings.save(args.out)
     summary = embeddings.summary()
     summary["out"] = args.out
+    summary["skipped"] = images.skipped
     lines = [
         f"{summary['n_images']} images -> {summary['dim']}-d embeddings in "
         f"{summary['seconds']:.2f} s ({summary['images_per_second']} images/s)",
@@ -545,6 +546,12 @@ def _extract(args: argparse.Namespace) -> Result:
         f"({extractor.cache.location or 'disabled'})",
     ]
     lines += [f"failed: {f['input']}: {f['reason']}" for f in summary["failed"]]
+    if images.skipped:
+        counts = ", ".join(f"{n} {ext}" for ext, n in images.skipped.items())
+        lines.append(
+            f"skipped: {sum(images.skipped.values())} image file(s) in formats featx cannot "
+            f"read ({counts}); the warning above says how to read them"
+        )
     if args.out:
         lines.append(f"wrote {args.out}")
     return summary, "\n".join(lines)

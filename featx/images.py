@@ -5,17 +5,31 @@ The policy, in the order it is applied:
 1. **Size limit.** Images above ``MAX_PIXELS`` (default 100 megapixels, about
    300 MB of RGB pixels) are refused from their header alone, before any pixel
    is decoded, so a decompression bomb cannot exhaust memory.
-2. **JPEG draft.** A JPEG much larger than the target is decoded at a reduced
+2. **Formats.** Whatever Pillow opens; HEIC/HEIF photos (as iPhones save them) too
+   when ``pillow-heif`` is installed (its opener is registered on the first HEIF
+   file, see :func:`heif_supported`). Without it, a HEIC file is refused with an
+   error that names ``pip install pillow-heif``.
+3. **JPEG draft.** A JPEG much larger than the target is decoded at a reduced
    DCT scale (1/2, 1/4 or 1/8) that still leaves both sides at least as large
    as the target's larger side. This is libjpeg's own scaling: faster, and a
    good low-pass filter before the final resize.
-3. **EXIF orientation** is applied, so a rotated phone photo embeds as upright.
-4. **Animated images** (GIF, WebP, APNG) use their first frame.
-5. **Colour.** Grayscale and palette images become RGB; CMYK is converted by
-   Pillow's JPEG/TIFF handling; 16-bit images are scaled to 8 bits (divide by
-   257); images with transparency (RGBA, LA, palette with a transparent colour)
-   are composited on ``background`` (default white, 255, 255, 255).
-6. **Resize** to the target (height, width) with Pillow's antialiased bilinear
+4. **EXIF orientation** is applied, so a rotated phone photo embeds as upright.
+5. **Animated images** (GIF, WebP, APNG) use their first frame.
+6. **Colour and bit depth.** Grayscale and palette images become RGB; CMYK is
+   converted by Pillow's JPEG/TIFF handling; images with transparency (RGBA, LA,
+   palette with a transparent colour) are composited on ``background`` (default
+   white, 255, 255, 255). Deeper images are read by their range, never clipped:
+
+   - 16-bit images (``I;16``), and 32-bit integer images (``I``) with values above
+     255, are scaled from 0-65535 to 0-255 (divide by 257); ``I`` images within
+     0-255 are used as is; ``I`` images with values below 0 or above 65535 are refused;
+   - 32-bit float images (``F``, such as float TIFFs) with all values in [0, 1]
+     are scaled by 255; those within [0, 255] are used as is; any other range
+     (negative values, values above 255, NaN or infinite values) is refused, with
+     the range found, since any guess would change the picture. An image whose
+     values all lie in [0, 1] is read as 0-1 even if it was meant as a very dark
+     0-255 image.
+7. **Resize** to the target (height, width) with Pillow's antialiased bilinear
    filter, by one of two documented policies:
 
    - ``"stretch"`` (default): the whole image is resized to the target, changing
@@ -24,32 +38,42 @@ The policy, in the order it is applied:
    - ``"center_crop"``: the shorter side is resized to the target, then the
      centre is cropped (keeps the aspect ratio, loses the borders).
 
-Numbers in ``DECODER_VERSION`` change whenever this policy changes in a way that
-changes pixels; it is part of every cache fingerprint.
+``DECODER_VERSION`` changes whenever this policy changes in a way that changes
+pixels; it is part of every cache fingerprint, so vectors decoded under an older
+policy are not reused. Its history:
+
+- 1: the first policy.
+- 2: float images in [0, 1] are scaled by 255 (version 1 clipped every float image
+  to 0-255, so a 0-1 float TIFF became a near-black image of 0s and 1s); float
+  images outside [0, 255] and integer images outside 0-65535 are refused instead of
+  clipped. 8-bit and 16-bit images decode exactly as in version 1.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 __all__ = [
     "DECODER_VERSION",
     "MAX_PIXELS",
     "RESIZE_POLICIES",
     "DecodeError",
+    "avif_supported",
     "decode",
+    "heif_supported",
     "thumbnail_uris",
     "to_rgb",
 ]
 
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 MAX_PIXELS = 100_000_000
 RESIZE_POLICIES = ("stretch", "center_crop")
 WHITE = (255, 255, 255)
@@ -96,6 +120,8 @@ def decode(
     # No warnings.catch_warnings() here: it swaps the process-wide filter list, which is
     # not thread-safe, and decode() runs in worker threads. Pillow's own bomb check
     # (DecompressionBombError above 2 * PIL.Image.MAX_IMAGE_PIXELS) stays a backstop.
+    if _iso_format(data) == "HEIF":
+        heif_supported()  # registers pillow-heif's opener, where it is installed
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size
@@ -111,7 +137,7 @@ def decode(
         else:
             # A copy: animated images must not re-read their frame over the transposed one.
             img = ImageOps.exif_transpose(img)
-        rgb = to_rgb(img, background)
+        rgb = to_rgb(img, background, name=name)
     except DecodeError:
         raise
     except UnidentifiedImageError:
@@ -150,9 +176,61 @@ _SIGNATURES = (
 )
 
 
+# Major and compatible brands of the ISO base media file format (the "ftyp" box).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"heif", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def _iso_format(data: bytes) -> str | None:
+    """``"HEIF"`` or ``"AVIF"`` for an ISO-BMFF image file, from its ``ftyp`` box; else None."""
+    if data[4:8] != b"ftyp":
+        return None
+    end = min(max(int.from_bytes(data[:4], "big"), 16), 256)  # the box's size, bounded
+    # The major brand, a 4-byte version, then the compatible brands.
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, end - 3, 4)}
+    if brands & _AVIF_BRANDS:  # AVIF files often also list mif1
+        return "AVIF"
+    return "HEIF" if brands & _HEIF_BRANDS else None
+
+
+@functools.cache
+def heif_supported() -> bool:
+    """Whether HEIC/HEIF photos can be decoded: True once ``pillow-heif``'s opener is registered.
+
+    The first call imports ``pillow_heif`` (an optional dependency, ``pip install
+    pillow-heif``) and registers its Pillow opener; later calls return the answer kept.
+    """
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+@functools.cache
+def avif_supported() -> bool:
+    """Whether this Pillow decodes AVIF images (recent Pillow wheels do)."""
+    return bool(features.check("avif"))
+
+
 def _unidentified(data: bytes) -> str:
     """Why Pillow could not identify ``data``: a known format with a broken header, or not."""
+    iso = _iso_format(data)
+    if iso == "HEIF" and not heif_supported():
+        return (
+            "a HEIC/HEIF image, which Pillow cannot read without a plugin; install it with "
+            "pip install pillow-heif and featx reads HEIC/HEIF files"
+        )
+    if iso == "AVIF" and not avif_supported():
+        return (
+            "an AVIF image, and this Pillow was built without AVIF support; install a Pillow "
+            "that has it (pip install -U pillow: recent wheels include it)"
+        )
     fmt = next((f for sig, f in _SIGNATURES if data.startswith(sig)), None)
+    if fmt is None and iso is not None:
+        Image.init()
+        fmt = iso if iso in Image.OPEN else None  # a registered plugin refused it
     if fmt is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         fmt = "WEBP"
     if fmt is None:
@@ -174,18 +252,46 @@ def _too_large(what: str, pixels: int, limit: int) -> str:
     )
 
 
-def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB (first frame; transparency on ``background``)."""
+def to_rgb(
+    img: Image.Image, background: tuple[int, int, int] = WHITE, *, name: str = "image"
+) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (first frame; transparency on ``background``).
+
+    16-bit, 32-bit integer and 32-bit float images are read by their range (see the
+    module's policy, step 6).
+
+    Raises
+    ------
+    DecodeError
+        For an integer image outside 0-65535, or a float image outside [0, 255] or
+        holding NaN or infinite values; ``name`` names it in the message.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from featx.images import to_rgb
+    >>> unit = Image.fromarray(np.full((2, 2), 0.5, np.float32), mode="F")
+    >>> to_rgb(unit).getpixel((0, 0))
+    (128, 128, 128)
+    """
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        high = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(np.round(arr * (255.0 / high)), 0, 255).astype(np.uint8)
+        low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if low < 0 or high > 65535:
+            raise DecodeError(
+                name,
+                f"it is a 32-bit integer image with values from {low:g} to {high:g}; expected "
+                f"0-255 (used as is) or 0-65535 (16-bit, scaled to 0-255). {_TO_8_BIT}",
+            )
+        scale = 65535.0 if mode.startswith("I;16") or high > 255 else 255.0
+        arr = np.clip(np.round(arr * (255.0 / scale)), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode == "F":
-        arr = np.clip(np.round(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        arr = _float_to_8_bit(np.asarray(img, dtype=np.float64), name)
         return Image.fromarray(arr, "L").convert("RGB")
     if (mode == "P" and "transparency" in img.info) or mode == "PA":
         img, mode = img.convert("RGBA"), "RGBA"
@@ -196,6 +302,37 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.
     if mode == "RGB":
         return img
     return img.convert("RGB")
+
+
+_TO_8_BIT = (
+    "Convert it to 8-bit first, for example np.interp(x, (x.min(), x.max()), (0, 255)) "
+    "saved as a uint8 PNG"
+)
+
+
+def _float_to_8_bit(arr: np.ndarray, name: str) -> np.ndarray:
+    """A 32-bit float image as uint8: [0, 1] scaled by 255, [0, 255] as is, else refused."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = arr.size - int(finite.sum())
+        raise DecodeError(
+            name,
+            f"it is a 32-bit float image holding {bad:,} NaN or infinite value(s) of "
+            f"{arr.size:,}; expected finite values in [0, 1] or [0, 255]. Replace them "
+            f"(np.nan_to_num) and c{_TO_8_BIT[1:]}",
+        )
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if low >= 0 and high <= 1:
+        # Float images are most often unit-scaled; clipping them (decoder version 1)
+        # gave a near-black image of 0s and 1s.
+        arr = arr * 255.0
+    elif low < 0 or high > 255:
+        raise DecodeError(
+            name,
+            f"it is a 32-bit float image with values from {low:g} to {high:g}; expected "
+            f"values in [0, 1] (scaled by 255) or [0, 255] (used as is). {_TO_8_BIT}",
+        )
+    return np.clip(np.round(arr), 0, 255).astype(np.uint8)
 
 
 def resize_rgb(img: Image.Image, size: tuple[int, int], policy: str = "stretch") -> np.ndarray:

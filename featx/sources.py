@@ -5,7 +5,14 @@ Accepted sources:
 - a class-per-folder directory: each non-hidden subfolder is a class (sorted by
   name, as ``keras.utils.image_dataset_from_directory`` does), searched
   recursively (symlinks followed, loops detected); a folder without
-  subfolders gives unlabelled images;
+  subfolders gives unlabelled images. Folders give the files whose extension is
+  in :func:`image_extensions`: ``IMAGE_EXTENSIONS``, plus ``.heic``/``.heif``
+  where ``pillow-heif`` is installed and ``.avif`` where Pillow reads AVIF. Image
+  files of other formats (``OTHER_IMAGE_EXTENSIONS``: HEIC without
+  ``pillow-heif``, SVG, JPEG XL, camera raw, ...) are left out, counted by
+  extension in ``ImageSet.skipped``, and named in one warning that says how to
+  read them. Hidden files and files that are not images (``.txt``, ``.json``,
+  ``Thumbs.db``, ...) are ignored without a word;
 - a single image file path;
 - a list of file paths (``str`` or ``os.PathLike``);
 - a pandas DataFrame with a path column (``path_column``, default ``"path"``)
@@ -23,17 +30,59 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_EXTENSIONS", "ImageSet", "resolve_source"]
+from featx.images import avif_supported, heif_supported
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MANIFEST_EXTENSIONS",
+    "OTHER_IMAGE_EXTENSIONS",
+    "ImageSet",
+    "image_extensions",
+    "resolve_source",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
+HEIF_EXTENSIONS = (".heic", ".heif")
+RAW_EXTENSIONS = (
+    ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dng", ".erf", ".iiq", ".kdc", ".mef", ".mos",
+    ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf",
+    ".srw", ".x3f",
+)  # fmt: skip
+# Image formats a folder may hold that featx does not read out of the box, each with how
+# to read them: the fix the skipped-files warning gives.
+_HOW_TO_READ = (
+    (HEIF_EXTENSIONS, "pip install pillow-heif, and featx reads them"),
+    ((".avif",), "install a Pillow built with AVIF support (pip install -U pillow)"),
+    ((".svg", ".svgz"), "a vector format: rasterise them to PNG first (for example with cairosvg)"),
+    ((".jxl",), "convert them to PNG or JPEG first (for example with djxl)"),
+    (RAW_EXTENSIONS, "camera raw: develop them to JPEG, PNG or TIFF first (for example rawpy)"),
+)
+OTHER_IMAGE_EXTENSIONS = tuple(ext for group, _ in _HOW_TO_READ for ext in group)
+
+
+def image_extensions() -> tuple[str, ...]:
+    """The extensions folders pick up: ``IMAGE_EXTENSIONS``, plus those this install decodes.
+
+    ``.heic`` and ``.heif`` are added where ``pillow-heif`` is installed, ``.avif`` where
+    Pillow reads AVIF.
+
+    Examples
+    --------
+    >>> from featx.sources import IMAGE_EXTENSIONS, image_extensions
+    >>> set(IMAGE_EXTENSIONS) <= set(image_extensions())
+    True
+    """
+    extra = (HEIF_EXTENSIONS if heif_supported() else ()) + ((".avif",) if avif_supported() else ())
+    return IMAGE_EXTENSIONS + extra
 
 
 @dataclass
@@ -41,13 +90,16 @@ class ImageSet:
     """A resolved source: inputs in a fixed order, with their labels where known.
 
     ``inputs`` holds file paths (``str``), image arrays or PIL images; ``names`` the
-    text used for each in messages; ``y`` integer labels indexing ``classes``.
+    text used for each in messages; ``y`` integer labels indexing ``classes``;
+    ``skipped`` the image files a folder held in formats featx cannot read, counted by
+    extension (``{".heic": 12}``; empty for other sources).
     """
 
     inputs: list[Any]
     names: list[str]
     y: np.ndarray | None = None
     classes: list[str] | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def are_files(self) -> bool:
@@ -122,12 +174,15 @@ def _from_directory(root: Path) -> ImageSet:
         for entry in os.scandir(root)
         if entry.is_dir() and not entry.name.startswith(".")
     )
+    extensions = image_extensions()
+    skipped: Counter[str] = Counter()
     if not subdirs:
-        files = _walk_images(root)
+        files = _walk_images(root, extensions, skipped)
         if not files:
-            raise ValueError(_no_images(root))
-        return ImageSet(files, list(files))
-    loose = [p for p in _list_images(root)]
+            raise ValueError(_no_images(root, extensions, skipped))
+        _warn_skipped(root, skipped)
+        return ImageSet(files, list(files), skipped=_by_extension(skipped))
+    loose = [p for p in _list_images(root, extensions)]
     if loose:
         _warn(
             f"{len(loose)} image(s) directly in {str(root)!r} are ignored because it has class "
@@ -135,16 +190,23 @@ def _from_directory(root: Path) -> ImageSet:
         )
     files, y = [], []
     for index, name in enumerate(subdirs):
-        found = _walk_images(root / name)
+        found = _walk_images(root / name, extensions, skipped)
         files.extend(found)
         y.extend([index] * len(found))
     if not files:
-        raise ValueError(_no_images(root))
-    return ImageSet(files, list(files), np.asarray(y, dtype=np.int64), subdirs)
+        raise ValueError(_no_images(root, extensions, skipped))
+    _warn_skipped(root, skipped)
+    return ImageSet(
+        files, list(files), np.asarray(y, dtype=np.int64), subdirs, _by_extension(skipped)
+    )
 
 
-def _walk_images(folder: Path) -> list[str]:
-    """Image files under ``folder``, sorted, following symlinks but never the same folder twice."""
+def _walk_images(folder: Path, extensions: tuple[str, ...], skipped: Counter[str]) -> list[str]:
+    """Image files under ``folder``, sorted, following symlinks but never the same folder twice.
+
+    Files in ``OTHER_IMAGE_EXTENSIONS`` that are not in ``extensions`` are counted in
+    ``skipped`` by (lower-case) extension; hidden and non-image files are passed over.
+    """
     found: list[str] = []
     seen: set[str] = set()
     top = os.path.realpath(folder)
@@ -157,27 +219,59 @@ def _walk_images(folder: Path) -> list[str]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in sorted(filenames)
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            extension = os.path.splitext(f)[1].lower()
+            if extension in extensions:
+                found.append(os.path.join(dirpath, f))
+            elif extension in OTHER_IMAGE_EXTENSIONS:
+                skipped[extension] += 1
     return found
 
 
-def _list_images(folder: Path) -> list[str]:
+def _list_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
     return sorted(
         entry.path
         for entry in os.scandir(folder)
-        if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+        if entry.is_file() and entry.name.lower().endswith(extensions)
     )
 
 
-def _no_images(root: Path) -> str:
-    return (
-        f"No images found in {str(root)!r}: looked for {', '.join(IMAGE_EXTENSIONS)} files in "
+def _by_extension(skipped: Counter[str]) -> dict[str, int]:
+    return dict(sorted(skipped.items()))
+
+
+def _skipped_text(skipped: Counter[str]) -> str:
+    """Counts by extension, then how to read each kind: the body of the warning."""
+    counts = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items()))
+    fixes = []
+    for group, how in _HOW_TO_READ:
+        present = [ext for ext in group if skipped[ext]]
+        if present:
+            fixes.append(f"{'/'.join(present)}: {how}")
+    return f"{counts}. {'; '.join(fixes)}"
+
+
+def _warn_skipped(root: Path, skipped: Counter[str]) -> None:
+    """One warning for every image file a folder scan left out, so none goes missing unseen."""
+    if not skipped:
+        return
+    _warn(
+        f"{sum(skipped.values())} image file(s) in {str(root)!r} are in formats featx cannot "
+        f"read and were left out: {_skipped_text(skipped)}. Their counts are in "
+        "ImageSet.skipped."
+    )
+
+
+def _no_images(root: Path, extensions: tuple[str, ...], skipped: Counter[str]) -> str:
+    message = (
+        f"No images found in {str(root)!r}: looked for {', '.join(extensions)} files in "
         "it and in its class subfolders. Expected root/<class>/<image> or root/<image>."
     )
+    if skipped:
+        message += f" Left out image files featx cannot read: {_skipped_text(skipped)}."
+    return message
 
 
 def _from_dataframe(df: Any, path_column: str, label_column: str | None) -> ImageSet:
