@@ -3,33 +3,67 @@
 A classifier is a scikit-learn ``Pipeline(EmbeddingTransformer, head)`` fitted on image
 paths and class names, so it predicts class names directly.
 
-File format (``save_classifier``): one header line ``FEATX-CLASSIFIER 1``, one line of JSON
-metadata (featx and scikit-learn versions, classes, backbone settings), then the joblib
-pickle of the pipeline. The Keras model is never pickled: the transformer rebuilds it
-from its parameters (a registry name and a weights path) when first used. The file holds
-no cache folder of the machine that saved it: a transformer's ``cache_dir`` path is saved
-as ``"auto"``, so the loading user's default cache is used (``None``, no cache, is kept).
+File format 2 (``save_classifier``): one header line ``FEATX-CLASSIFIER 2``, one line of
+JSON metadata (featx, scikit-learn and skops versions, classes, backbone settings, the
+types beyond featx's allowlist that the file needs), then the pipeline in skops' secure
+format (a zip of JSON and ``.npy`` arrays). Loading it constructs only types on an
+allowlist (skops' own, for scikit-learn and NumPy, plus :data:`TRUSTED_TYPES`) and runs
+no code from the file: a file that names any other type is refused, naming the types,
+before anything is built. The Keras model is never in the file: the transformer rebuilds
+it from its parameters (a registry name and a weights path) when first used, and a
+backbone given as a model file is loaded with Keras' ``safe_mode``. The file holds no cache
+folder of the machine that saved it: a transformer's ``cache_dir`` path is saved as
+``"auto"``, so the loading user's default cache is used (``None``, no cache, is kept).
 
-**Model files are pickles: load only files from a source you trust.** Loading a pickle
-can run arbitrary code. ``load_classifier`` reads the header and metadata first and
-refuses a file that lacks them, before unpickling anything; that guards against loading
-the wrong file, not against a malicious one.
+Format 1 (``FEATX-CLASSIFIER 1``, featx before cache format 2) held a joblib pickle, and
+unpickling can run any code: such a file is loaded only with ``trust_pickle=True``
+(``featx predict --trust-pickle``), for a file from a source you trust; save it again
+to get format 2.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["fit_classifier", "load_classifier", "predict_top_k", "save_classifier"]
+__all__ = [
+    "FILE_FORMAT",
+    "TRUSTED_TYPES",
+    "fit_classifier",
+    "iter_predictions",
+    "load_classifier",
+    "predict_top_k",
+    "read_metadata",
+    "save_classifier",
+]
 
-MAGIC = b"FEATX-CLASSIFIER 1\n"
+#: The classifier file format :func:`save_classifier` writes.
+FILE_FORMAT = 2
+_HEADER = b"FEATX-CLASSIFIER "
+MAGIC = _HEADER + f"{FILE_FORMAT}\n".encode()
+
+#: Types a featx classifier file may hold beyond skops' default allowlist (scikit-learn's
+#: estimators and NumPy/SciPy containers). Each is plain data once built: featx's
+#: transformer (its Keras model is not in the file), the k-NN head's class, the calibrated
+#: and MLP heads' private scikit-learn parts, and the views of test-time augmentation.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "featx.transformer.EmbeddingTransformer",
+    "featx._neighbours.CappedKNeighborsClassifier",
+    "featx.augment.AugmentPolicy",
+    "featx.augment.Flip",
+    "featx.augment.Crop",
+    "featx.augment.Compose",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
 
 
 def fit_classifier(
@@ -82,14 +116,33 @@ def fit_classifier(
     return pipeline.fit(inputs, names)
 
 
-def save_classifier(model: Any, path: str | os.PathLike) -> None:
-    """Write a fitted classifier to ``path`` (featx header + metadata + joblib pickle)."""
-    import joblib
+def save_classifier(model: Any, path: str | os.PathLike, *, trusted: Sequence[str] = ()) -> None:
+    """Write a fitted classifier to ``path`` in format 2 (header, metadata, skops payload).
+
+    The file is written beside ``path`` and renamed over it, so a crash or a full disk
+    never leaves a half-written classifier under its name.
+
+    Parameters
+    ----------
+    trusted : sequence of str, default ()
+        Types beyond featx's allowlist that ``model`` holds (your own estimator, say) and
+        that you accept in the file. They are named in its metadata, and whoever loads the
+        file must trust them too (``load_classifier(path, trusted=...)``).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` holds an object that cannot be saved as data (a Keras model or a
+        ``Backbone`` given as ``backbone=``, a ``preprocess`` function) or a type outside
+        the allowlist and ``trusted``.
+    """
     import sklearn
+    import skops
 
     from featx import __version__
 
     transformer = model.steps[0][1] if hasattr(model, "steps") else None
+    _check_portable(transformer)
     # No machine path travels in the file: a cache folder of the trainer's becomes "auto"
     # (the loading user's default, $FEATX_CACHE_DIR or ./cache); None (no cache) stays.
     own_cache = getattr(transformer, "cache_dir", None)
@@ -97,28 +150,49 @@ def save_classifier(model: Any, path: str | os.PathLike) -> None:
     try:
         if portable:
             transformer.cache_dir = "auto"
-        metadata = {
-            "featx": __version__,
-            "sklearn": sklearn.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "classes": [str(c) for c in getattr(model, "classes_", [])],
-            "transformer": _jsonable(transformer.get_params()) if transformer is not None else None,
-        }
-        payload = io.BytesIO()
-        joblib.dump(model, payload, compress=3)
+        payload = _dumps(model)
+        params = transformer.get_params() if transformer is not None else None
     finally:
         if portable:
             transformer.cache_dir = own_cache
-    tmp = Path(f"{path}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC)
-        f.write(json.dumps(metadata).encode() + b"\n")
-        f.write(payload.getvalue())
-    os.replace(tmp, path)
+    beyond = _beyond_allowlist(payload)
+    refused = [name for name in beyond if name not in trusted]
+    if refused:
+        raise TypeError(
+            f"The classifier holds {_types(refused)} outside featx's allowlist of types a "
+            "classifier file may hold, so it cannot be saved as a file that loads without "
+            "running code. A custom preprocess function or a network given as an object "
+            "cannot travel in a file: pass backbone= a registry name or a model file path. "
+            "For your own estimator, pass save_classifier(..., trusted=[...]) with these "
+            "names; whoever loads the file must trust them too."
+        )
+    metadata = {
+        "format": FILE_FORMAT,
+        "featx": __version__,
+        "sklearn": sklearn.__version__,
+        "skops": skops.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "classes": [str(c) for c in getattr(model, "classes_", [])],
+        "transformer": _jsonable(params) if params is not None else None,
+        "trusted": beyond,
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC)
+            f.write(json.dumps(metadata).encode() + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a classifier file, without unpickling it.
+    """The metadata of a classifier file (format 1 or 2), without building the model.
 
     Raises
     ------
@@ -126,20 +200,67 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         If the file does not start with featx's header.
     """
     with open(path, "rb") as f:
-        return _read_header(f, path)
+        return _read_header(f, path)[1]
 
 
-def load_classifier(path: str | os.PathLike):
-    """Load a classifier written by :func:`save_classifier`.
+def load_classifier(
+    path: str | os.PathLike, *, trusted: Sequence[str] = (), trust_pickle: bool = False
+):
+    """Load a classifier written by :func:`save_classifier`, running no code from the file.
 
-    Model files are pickles: load only files from a source you trust. A file without
-    featx's header is refused before anything is unpickled.
+    Parameters
+    ----------
+    trusted : sequence of str, default ()
+        Types beyond featx's allowlist (:data:`TRUSTED_TYPES`) to accept, for a file
+        saved with ``trusted=`` from a source you trust.
+    trust_pickle : bool, default False
+        Load a format-1 file (a pickle, written by an older featx). Unpickling runs
+        whatever the file says: only for files from a source you trust.
+
+    Raises
+    ------
+    ValueError
+        If the file lacks featx's header, is damaged, is a format-1 pickle and
+        ``trust_pickle`` is false, or names a type outside the allowlist and ``trusted``
+        (the error names the types). Nothing from the file is built before these checks.
     """
-    import joblib
-
     with open(path, "rb") as f:
-        _read_header(f, path)
-        return joblib.load(f)
+        version, _ = _read_header(f, path)
+        if version == 1:
+            if not trust_pickle:
+                raise ValueError(
+                    f"{str(path)!r} is a featx classifier file of format 1, a pickle written "
+                    "by an older featx: loading a pickle runs whatever code it holds, so featx "
+                    "does not load it by default. If you trust its source, load it with "
+                    "load_classifier(path, trust_pickle=True) (featx predict --trust-pickle) "
+                    "and save it again with save_classifier: format 2 loads without running "
+                    "code."
+                )
+            import joblib
+
+            return joblib.load(f)
+        payload = f.read()
+    import skops.io
+
+    try:
+        beyond = _beyond_allowlist(payload)
+    except Exception as error:
+        raise ValueError(
+            f"{str(path)!r}: featx's header is there but the model inside is damaged or not "
+            f"in skops' format ({type(error).__name__}: {error}). Save the classifier again."
+        ) from None
+    refused = [name for name in beyond if name not in trusted]
+    if refused:
+        raise ValueError(
+            f"{str(path)!r} holds {_types(refused)} outside featx's allowlist of types a "
+            "classifier file may hold; building an unknown type can run code, so the file "
+            "was not loaded. If you trust its source and these types, pass "
+            "load_classifier(path, trusted=[...]) with these names (featx predict --trust "
+            "NAME)."
+        )
+    # Every type the payload needs is now either on featx's allowlist or trusted by the
+    # caller; skops checks the same list again as it builds.
+    return skops.io.loads(payload, trusted=skops.io.get_untrusted_types(data=payload))
 
 
 def predict_top_k(model: Any, images: Any, k: int = 3) -> list[list[tuple[str, float]]]:
@@ -149,8 +270,10 @@ def predict_top_k(model: Any, images: Any, k: int = 3) -> list[list[tuple[str, f
     """
     if k < 1:
         raise ValueError(f"k={k} must be at least 1.")
-    probabilities = model.predict_proba(images)
-    classes = [str(c) for c in model.classes_]
+    return _top_k(model.predict_proba(images), [str(c) for c in model.classes_], k)
+
+
+def _top_k(probabilities: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return [
         [(classes[j], float(row[j])) for j in top]
@@ -158,22 +281,147 @@ def predict_top_k(model: Any, images: Any, k: int = 3) -> list[list[tuple[str, f
     ]
 
 
-def _read_header(f, path) -> dict[str, Any]:
-    head = f.read(len(MAGIC))
-    if head != MAGIC:
+def iter_predictions(
+    model: Any,
+    source: Any,
+    *,
+    k: int = 3,
+    chunk_size: int = 256,
+    on_error: str = "raise",
+    path_column: str = "path",
+) -> Iterator[dict[str, Any]]:
+    """Predict ``source`` chunk by chunk, yielding one row per input, in input order.
+
+    For folders, manifests and lists too large to hold at once: ``chunk_size`` images are
+    embedded (through the cache) and classified at a time, and each row is yielded as
+    soon as its chunk is done.
+
+    Parameters
+    ----------
+    model : Pipeline(EmbeddingTransformer, head)
+        A classifier from :func:`fit_classifier` or :func:`load_classifier`.
+    source : any source featx reads
+        Image files, a folder (class folders are read as the true labels), a manifest, a
+        DataFrame or an array of images.
+    on_error : {"raise", "skip"}
+        With ``"skip"``, an image that cannot be read gives a row with its ``error``
+        instead of stopping the run.
+
+    Yields
+    ------
+    dict
+        ``{"image", "top": [(class, probability), ...], "label"}`` (``label`` is the
+        source's own label, or None), or ``{"image", "error", "label"}`` for a skipped
+        image.
+    """
+    from featx._pipeline import check_on_error
+    from featx.sources import resolve_source
+    from featx.transformer import EmbeddingTransformer
+
+    check_on_error(on_error)
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
+    steps = getattr(model, "steps", None)
+    if not steps or not isinstance(steps[0][1], EmbeddingTransformer):
+        raise TypeError(
+            f"model is a {type(model).__name__}; iter_predictions needs a featx classifier, "
+            "Pipeline(EmbeddingTransformer, head), from fit_classifier or load_classifier."
+        )
+    transformer, head = steps[0][1], model[1:]
+    images = resolve_source(source, path_column=path_column)
+    labels = None if images.y is None else np.asarray(images.classes, dtype=object)[images.y]
+    classes = [str(c) for c in model.classes_]
+    for start in range(0, len(images), chunk_size):
+        inputs = images.inputs[start : start + chunk_size]
+        names = images.names[start : start + chunk_size]
+        found = transformer.embed(
+            inputs if images.are_files else np.stack(inputs), on_error=on_error
+        )
+        tops = _top_k(head.predict_proba(found.X), classes, k) if len(found) else []
+        by_row = dict(zip(found.index.tolist(), tops, strict=True))
+        # The rows left out, in input order, as Embeddings.failed lists them.
+        reasons = iter([reason for _, reason in found.failed])
+        for row, name in enumerate(names):
+            label = None if labels is None else str(labels[start + row])
+            if row in by_row:
+                yield {"image": name, "top": by_row[row], "label": label}
+            else:
+                yield {"image": name, "error": next(reasons, "not read"), "label": label}
+
+
+def _read_header(f, path) -> tuple[int, dict[str, Any]]:
+    head = f.readline(64)
+    version = head[len(_HEADER) : -1] if head.startswith(_HEADER) and head.endswith(b"\n") else b""
+    if not version.isdigit():
         raise ValueError(
             f"{str(path)!r} is not a featx classifier file: it lacks featx's header "
-            f"(starts with {head[:16]!r}). featx loads only model files it wrote with "
-            "save_classifier; model files are pickles, so load them only from a trusted "
-            "source."
+            f"(starts with {head[:18]!r}). featx loads only model files it wrote with "
+            "save_classifier (featx train)."
+        )
+    if int(version) > FILE_FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is a featx classifier file of format {int(version)}, written by a "
+            f"newer featx; this one reads formats 1 to {FILE_FORMAT}. Upgrade featx "
+            "(pip install -U featx)."
         )
     line = f.readline()
     try:
-        return json.loads(line)
+        return int(version), json.loads(line)
     except ValueError:
         raise ValueError(
             f"{str(path)!r}: featx's header is there but its metadata is corrupt."
         ) from None
+
+
+def _check_portable(transformer: Any) -> None:
+    """Refuse, before any work, the transformer settings that are code, not data."""
+    backbone = getattr(transformer, "backbone", None)
+    if backbone is not None and not isinstance(backbone, (str, os.PathLike)):
+        raise TypeError(
+            f"The classifier's backbone is a {type(backbone).__name__} object, which cannot "
+            "travel in a classifier file: the file holds the backbone as a registry name or "
+            "a model file path. Save your network with model.save('net.keras') and fit the "
+            "classifier with backbone='net.keras'."
+        )
+    if getattr(transformer, "preprocess", None) is not None:
+        raise TypeError(
+            "The classifier has a preprocess function, which cannot travel in a classifier "
+            "file (a file that loads without running code holds no code). Put the "
+            "preprocessing inside the saved Keras model, and fit with backbone='net.keras'."
+        )
+
+
+def _dumps(model: Any) -> bytes:
+    import zipfile
+
+    import skops.io
+
+    try:
+        return skops.io.dumps(model, compression=zipfile.ZIP_DEFLATED)
+    except Exception as error:
+        raise TypeError(
+            f"The classifier cannot be saved as data ({type(error).__name__}: {error}). A "
+            "classifier file holds the backbone by its registry name or model file path and "
+            "its weights path: a Keras model or Backbone object given as backbone=, or a "
+            "preprocess function, cannot travel in it."
+        ) from None
+
+
+def _beyond_allowlist(payload: bytes) -> list[str]:
+    """The types ``payload`` needs beyond skops' defaults and :data:`TRUSTED_TYPES`.
+
+    skops reads only the payload's schema to list them: nothing is built.
+    """
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=payload)
+    return sorted(name for name in untrusted if name not in TRUSTED_TYPES)
+
+
+def _types(names: Sequence[str]) -> str:
+    return f"{len(names)} type(s) ({', '.join(names)})"
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,9 +290,42 @@ def _parser() -> argparse.ArgumentParser:
     _add_backbone_options(p, default_weights="imagenet")
 
     p = sub.add_parser("predict", help="top-k classes of images with a saved classifier")
-    p.add_argument("model", help="a file written by `featx train` (only from trusted sources)")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("model", help="a classifier file written by `featx train`")
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files, folders (class folders are read as true labels) or manifests",
+    )
     p.add_argument("--top", type=int, default=3)
+    p.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="write one row per image (image, label, class_1, probability_1, ..., error) as "
+        "each chunk is done, to FILE.partial, renamed to FILE at the end",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=256, help="images embedded and classified at a time"
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="skip: an unreadable image gets a row with its error, and the run goes on",
+    )
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="accept this type beyond featx's allowlist in the file (repeatable; only for "
+        "a file from a source you trust)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a format-1 classifier file (a pickle: it can run code; only for a file "
+        "from a source you trust)",
+    )
     p.add_argument("--json", action="store_true")
 
     for name, help_text in [
@@ -581,19 +616,100 @@ def _train(args: argparse.Namespace) -> Result:
 
 
 def _predict(args: argparse.Namespace) -> Result:
-    from featx.classifier import load_classifier, predict_top_k
+    from featx.classifier import iter_predictions, load_classifier
 
-    model = load_classifier(args.model)
-    tops = predict_top_k(model, args.images, k=args.top)
-    rows = [
-        {"image": image, "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
-        for image, top in zip(args.images, tops, strict=True)
-    ]
-    text = "\n".join(
-        f"{row['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
-        for row in rows
-    )
-    return {"predictions": rows}, text
+    model = load_classifier(args.model, trusted=args.trust, trust_pickle=args.trust_pickle)
+    if args.top < 1:
+        raise ValueError(f"--top {args.top}: expected at least 1.")
+    classes = [str(c) for c in model.classes_]
+    k = min(args.top, len(classes))
+    out = Path(args.csv) if args.csv else None
+    partial = out.with_name(out.name + ".partial") if out else None
+    rows: list[dict[str, Any]] = []
+    counts = {"images": 0, "failed": 0, "labelled": 0, "correct": 0}
+    with open(partial, "w", newline="") if partial else contextlib.nullcontext() as f:
+        writer = None
+        if f is not None:
+            writer = csv.writer(f)
+            ranks = [(f"class_{i}", f"probability_{i}") for i in range(1, k + 1)]
+            writer.writerow(["image", "label", *[c for pair in ranks for c in pair], "error"])
+        for source in _prediction_sources(args.images):
+            for row in iter_predictions(
+                model, source, k=k, chunk_size=args.chunk, on_error=args.on_error
+            ):
+                counts["images"] += 1
+                if "error" in row:
+                    counts["failed"] += 1
+                elif row["label"] is not None:
+                    counts["labelled"] += 1
+                    counts["correct"] += row["top"][0][0] == row["label"]
+                if writer is not None:
+                    writer.writerow(_csv_row(row, k))
+                if args.json:
+                    rows.append(_json_row(row))
+                else:
+                    print(_text_row(row), flush=True)
+            if f is not None:
+                f.flush()
+    if partial:
+        os.replace(partial, out)
+    summary: dict[str, Any] = {**counts}
+    if counts["labelled"]:
+        summary["accuracy"] = round(counts["correct"] / counts["labelled"], 6)
+    lines = [f"{counts['images']} images, {counts['failed']} not read"]
+    if counts["labelled"]:
+        lines.append(
+            f"accuracy against the folders' labels: {summary['accuracy']:.4f} "
+            f"({counts['correct']} of {counts['labelled']})"
+        )
+    if out:
+        summary["csv"] = str(out)
+        lines.append(f"wrote {out}")
+    if args.json:
+        summary["predictions"] = rows
+    return summary, "\n".join(lines)
+
+
+def _prediction_sources(items: list[str]) -> Iterator[Any]:
+    """The arguments of featx predict as sources, in order: each folder or manifest on its
+    own (so class folders give labels), consecutive image files together."""
+    from featx.sources import MANIFEST_EXTENSIONS
+
+    files: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir() or (path.is_file() and path.suffix.lower() in MANIFEST_EXTENSIONS):
+            if files:
+                yield files
+                files = []
+            yield item
+        else:
+            files.append(item)
+    if files:
+        yield files
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"image": row["image"]}
+    if row["label"] is not None:
+        out["label"] = row["label"]
+    if "error" in row:
+        out["error"] = row["error"]
+    else:
+        out["top"] = [{"class": c, "probability": round(p, 6)} for c, p in row["top"]]
+    return out
+
+
+def _csv_row(row: dict[str, Any], k: int) -> list[Any]:
+    ranked = [] if "error" in row else [v for c, p in row["top"] for v in (c, f"{p:.6f}")]
+    ranked += [""] * (2 * k - len(ranked))
+    return [row["image"], row["label"] or "", *ranked, row.get("error", "")]
+
+
+def _text_row(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"{row['image']}: not read: {row['error']}"
+    return f"{row['image']}: " + ", ".join(f"{c} {p:.3f}" for c, p in row["top"])
 
 
 def _splits(args: argparse.Namespace) -> dict[str, Any]:

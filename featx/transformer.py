@@ -26,6 +26,7 @@ from featx.augment import AugmentPolicy, View
 from featx.backbones import Backbone
 from featx.combine import CombinedExtractor
 from featx.config import CONFIG_KEYS, BackboneConfig
+from featx.embeddings import Embeddings
 from featx.sources import resolve_source
 
 __all__ = ["EmbeddingTransformer"]
@@ -212,6 +213,30 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         check_is_fitted(self)
         rows = _rows(X, self.path_column)
         return self._get_extractor().extract(rows, on_error="raise").X
+
+    def embed(self, X: Any, on_error: str = "raise") -> Embeddings:
+        """Embed every image of ``X`` as :class:`~featx.Embeddings`, which keep what failed.
+
+        With ``on_error="skip"``, an image that cannot be read is left out: the result's
+        ``index`` gives the row of ``X`` of each vector and ``failed`` the rest, with why.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> from PIL import Image
+        >>> from featx import EmbeddingTransformer
+        >>> folder = tempfile.mkdtemp()
+        >>> Image.new("RGB", (40, 40)).save(os.path.join(folder, "a.png"))
+        >>> paths = [os.path.join(folder, name) for name in ("a.png", "missing.png")]
+        >>> embed = EmbeddingTransformer("VGG16", weights=None, input_size=32,
+        ...                              cache_dir=None).fit(paths)
+        >>> found = embed.embed(paths, on_error="skip")
+        >>> found.X.shape, found.index.tolist(), os.path.basename(found.failed[0][0])
+        ((1, 512), [0], 'missing.png')
+        """
+        check_is_fitted(self)
+        rows = _rows(X, self.path_column)
+        return self._get_extractor().extract(rows, on_error=on_error)
 
     def transform_copies(self, X: Any) -> list[np.ndarray]:
         """Embed the ``augment`` policy's copies of every image of ``X``.

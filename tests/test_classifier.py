@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import CLOTHING10, MOBILENET_WEIGHTS, ROOT, require_shared
+from sklearn.base import BaseEstimator, ClassifierMixin
 
+from featx.augment import Crop, Flip
 from featx.classifier import (
+    MAGIC,
     fit_classifier,
+    iter_predictions,
     load_classifier,
     predict_top_k,
     read_metadata,
     save_classifier,
 )
 from featx.cli import main
+from featx.heads import HEADS, make_head
+from featx.images import DecodeError
 
 SMALL = {
     "backbone": "VGG16",
@@ -90,6 +99,35 @@ class _Booby:
         return (open, (self.marker, "w"))
 
 
+class Tripwire(BaseEstimator, ClassifierMixin):
+    """A head whose building from a file creates a marker file: a type outside featx's
+    allowlist that must not be built unless the caller trusts it."""
+
+    def __init__(self, marker: str = "") -> None:
+        self.marker = marker
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict_proba(self, X):
+        return np.full((len(X), len(self.classes_)), 1 / len(self.classes_))
+
+    def __setstate__(self, state):
+        Path(state["marker"]).touch()
+        self.__dict__.update(state)
+
+
+TRIPWIRE = f"{__name__}.Tripwire"
+
+
+def _format_1_file(path, payload_object) -> None:
+    """A classifier file as featx wrote it before format 2: header 1, metadata, a pickle."""
+    with open(path, "wb") as f:
+        f.write(b"FEATX-CLASSIFIER 1\n" + json.dumps({"classes": ["a"]}).encode() + b"\n")
+        joblib.dump(payload_object, f)
+
+
 def test_a_file_without_featx_header_is_refused_before_unpickling(tmp_path, capsys):
     marker = tmp_path / "unpickled"
     path = tmp_path / "stranger.joblib"
@@ -97,8 +135,155 @@ def test_a_file_without_featx_header_is_refused_before_unpickling(tmp_path, caps
     with pytest.raises(ValueError, match="not a featx classifier file"):
         load_classifier(path)
     assert main(["predict", str(path), "x.jpg"]) == 1
-    assert "trusted source" in capsys.readouterr().err
+    assert "lacks featx's header" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_a_format_1_pickle_loads_only_when_trusted(tmp_path, capsys):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "old.featx"
+    _format_1_file(path, _Booby(str(marker)))
+    assert read_metadata(path) == {"classes": ["a"]}
+    with pytest.raises(ValueError, match=r"format 1.*trust_pickle=True"):
+        load_classifier(path)
+    assert main(["predict", str(path), "x.jpg"]) == 1
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert not marker.exists()
+    load_classifier(path, trust_pickle=True)  # the caller's word: the pickle runs
+    assert marker.exists()
+
+
+def test_a_pickle_behind_the_format_2_header_is_refused_unbuilt(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "forged.featx"
+    with open(path, "wb") as f:
+        f.write(MAGIC + b"{}\n")
+        joblib.dump(_Booby(str(marker)), f)
+    with pytest.raises(ValueError, match="damaged or not in skops' format"):
+        load_classifier(path)
+    assert not marker.exists()
+
+
+def test_a_type_outside_the_allowlist_is_refused_by_name_until_trusted(tmp_path, capsys):
+    marker = tmp_path / "built"
+    head = Tripwire(str(marker)).fit(np.zeros((4, 2)), ["a", "b", "a", "b"])
+    path = tmp_path / "custom.featx"
+    with pytest.raises(TypeError, match=rf"\({re.escape(TRIPWIRE)}\) outside featx.s allowlist"):
+        save_classifier(head, path)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    save_classifier(head, path, trusted=[TRIPWIRE])
+    assert read_metadata(path)["trusted"] == [TRIPWIRE]
+    with pytest.raises(ValueError, match=f"1 type\\(s\\) \\({TRIPWIRE}\\).*trusted="):
+        load_classifier(path)
+    assert main(["predict", str(path), "x.jpg"]) == 1
+    assert "--trust NAME" in capsys.readouterr().err
+    assert not marker.exists()
+    loaded = load_classifier(path, trusted=[TRIPWIRE])
+    assert marker.exists() and loaded.classes_.tolist() == ["a", "b"]
+
+
+def test_a_newer_file_format_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "future.featx"
+    path.write_bytes(b"FEATX-CLASSIFIER 3\n{}\n")
+    with pytest.raises(ValueError, match=r"format 3, written by a newer featx.*Upgrade"):
+        load_classifier(path)
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_every_head_round_trips_through_the_safe_format(kind, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 12)).astype(np.float32)
+    y = np.array(["a", "b", "c"] * 20)
+    head = make_head(kind, normalize="l2", pca=6).fit(X, y)
+    save_classifier(head, tmp_path / "head.featx")
+    loaded = load_classifier(tmp_path / "head.featx")
+    np.testing.assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
+    assert read_metadata(tmp_path / "head.featx")["trusted"] == []
+
+
+def test_tta_and_augment_settings_travel_in_the_file(image_folder, tmp_path):
+    model = fit_classifier(image_folder, tta=[None, Crop(0.8), Flip()], augment=2, **SMALL)
+    save_classifier(model, tmp_path / "m.featx")
+    loaded = load_classifier(tmp_path / "m.featx")
+    images = sorted(str(p) for p in image_folder.glob("*/*"))
+    assert list(map(repr, loaded[0].tta)) == list(map(repr, model[0].tta))
+    assert loaded[0].augment == 2 and loaded[0].fingerprint_ == model[0].fingerprint_
+    np.testing.assert_allclose(loaded.predict_proba(images), model.predict_proba(images))
+
+
+def test_a_network_object_and_its_preprocess_function_cannot_travel_in_a_file(
+    image_folder, tmp_path
+):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    network = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs), name="mine")
+    options = {k: v for k, v in SMALL.items() if k != "weights"}  # the model's own weights
+    options.update(backbone=network, preprocess=lambda x: x / 255.0)
+    model = fit_classifier(image_folder, **options)
+    with pytest.raises(TypeError, match=r"backbone is a Functional object.*model file path"):
+        save_classifier(model, tmp_path / "m.featx")
+    model[0].backbone = str(tmp_path / "net.keras")  # as if saved: the function still stops it
+    with pytest.raises(TypeError, match="preprocess function"):
+        save_classifier(model, tmp_path / "m.featx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_iter_predictions_streams_chunks_skips_unreadable_images_and_keeps_labels(
+    fitted, image_folder
+):
+    (image_folder / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    rows = list(iter_predictions(fitted, image_folder, k=2, chunk_size=5, on_error="skip"))
+    images = sorted(str(p) for p in image_folder.glob("*/*"))
+    assert [row["image"] for row in rows] == images
+    broken = [row for row in rows if "error" in row]
+    assert [row["image"] for row in broken] == [str(image_folder / "dog" / "broken.jpg")]
+    assert broken[0]["label"] == "dog"
+    good = [row for row in rows if "error" not in row]
+    assert [row["label"] for row in good] == [Path(row["image"]).parent.name for row in good]
+    expected = predict_top_k(fitted, [row["image"] for row in good], k=2)
+    assert [[c for c, _ in row["top"]] for row in good] == [[c for c, _ in t] for t in expected]
+    np.testing.assert_allclose(
+        [[p for _, p in row["top"]] for row in good],
+        [[p for _, p in t] for t in expected],
+        atol=1e-5,  # other chunks batch the images differently: float32 rounding only
+    )
+    with pytest.raises(DecodeError, match=r"broken\.jpg"):
+        list(iter_predictions(fitted, image_folder, chunk_size=5))
+
+
+def test_predict_folders_to_csv_with_skipped_images_and_accuracy(
+    fitted, image_folder, tmp_path, capsys
+):
+    path = tmp_path / "model.featx"
+    save_classifier(fitted, path)
+    (image_folder / "cat" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "predictions.csv"
+    loose = str(next(image_folder.glob("fish/*")))
+    argv = ["predict", str(path), str(image_folder), loose, "--csv", str(out), "--top", "2"]
+    assert main([*argv, "--chunk", "4", "--on-error", "skip", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["images"], result["failed"], result["labelled"]) == (14, 1, 12)
+    labelled = [row for row in result["predictions"] if "label" in row and "top" in row]
+    correct = sum(row["top"][0]["class"] == row["label"] for row in labelled)
+    assert result["accuracy"] == pytest.approx(correct / 12)
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == [
+        "image",
+        "label",
+        "class_1",
+        "probability_1",
+        "class_2",
+        "probability_2",
+        "error",
+    ]
+    assert table["image"].tolist() == [row["image"] for row in result["predictions"]]
+    assert table["image"].iloc[-1] == loose and table["label"].iloc[-1] == ""
+    failed = table[table["error"] != ""]
+    assert failed["image"].tolist() == [str(image_folder / "cat" / "broken.png")]
+    assert not (tmp_path / "predictions.csv.partial").exists()
+    assert main([*argv, "--on-error", "raise"]) == 1
+    assert "Pass --on-error skip" in capsys.readouterr().err
 
 
 def test_train_then_predict_from_the_command_line(image_folder, tmp_path, capsys):
@@ -172,3 +357,20 @@ def test_pretrained_classifier_file_predicts_in_a_new_process(tmp_path):
     predicted = [row["top"][0]["class"] for row in json.loads(done.stdout)["predictions"]]
     assert predicted == model.predict(test).tolist()
     assert np.mean(np.array(predicted) == np.array(truth)) >= 0.8
+
+
+def test_a_failed_save_leaves_the_previous_file_and_no_partial_one(fitted, tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "model.featx"
+    save_classifier(fitted, path)
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_classifier(fitted, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "model.featx"]
