@@ -414,12 +414,44 @@ class EmbeddingCache:
                     isolation_level=None,
                 )
             else:
+                conn = self._connect_writable(path)
+            self._local.conn = conn
+        return conn
+
+    def _connect_writable(self, path: Path) -> sqlite3.Connection:
+        """Connect to the index at ``path`` and record which file it is.
+
+        A clear in another process may move the cache aside at any moment. The file is
+        identified before and after connecting, and only a connection made while the
+        same file stayed in place is kept: otherwise the identity recorded could be the
+        new index's while the connection is the old one's (and this process would never
+        see that it was cleared), or SQLite's journal could land beside another index
+        ("disk I/O error"). A change seen meanwhile means connecting again.
+        """
+        for attempt in range(_PUT_ATTEMPTS):
+            before = _identity(path)
+            conn = None
+            try:
                 conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
                 _enable_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
-                self._local.identity = _identity(path)
-            self._local.conn = conn
-        return conn
+            except sqlite3.OperationalError:
+                if conn is not None:
+                    conn.close()
+                if _identity(path) == before or attempt == _PUT_ATTEMPTS - 1:
+                    raise  # not a race with a clear: a real error
+                self.root.mkdir(parents=True, exist_ok=True)
+                continue
+            after = _identity(path)
+            if before is not None and after == before:
+                self._local.identity = after
+                return conn
+            conn.close()  # created just now, or replaced meanwhile: once more, to be sure
+            self.root.mkdir(parents=True, exist_ok=True)
+        raise sqlite3.OperationalError(
+            f"the cache index {str(path)!r} kept being replaced while it was opened "
+            f"({_PUT_ATTEMPTS} attempts): another process is clearing it in a loop"
+        )
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -470,3 +470,36 @@ def test_clear_during_an_extract_in_another_process_loses_none_of_its_later_writ
     np.testing.assert_array_equal(again, clean)
     assert rerun["cache_hits"] == n_left
     assert not list(cache_dir.glob(".featx-v*.cleared-*"))
+
+
+def test_a_clear_while_another_process_connects_is_seen_and_nothing_is_written_aside(
+    tmp_path, monkeypatch
+):
+    """A clear elsewhere lands between the connection's 'which file is the index' checks:
+    the connection must end up on the new index, so what it writes next is found."""
+    import os
+
+    import featx.cache as cache_module
+    from featx.cache import EmbeddingCache
+
+    EmbeddingCache(tmp_path).put("fp", ["old"], np.ones((1, 4), np.float32))
+    root = EmbeddingCache(tmp_path).root
+    real_enable_wal = cache_module._enable_wal
+    cleared = []
+
+    def clear_elsewhere_first(conn):
+        if not cleared:  # the moment a clear in another process moves the cache aside
+            os.replace(root, tmp_path / ".featx-v2.cleared-elsewhere")
+            other = EmbeddingCache(tmp_path)  # ... and starts the new, empty one
+            other.close()
+            cleared.append(True)
+        return real_enable_wal(conn)
+
+    monkeypatch.setattr(cache_module, "_enable_wal", clear_elsewhere_first)
+    cache = EmbeddingCache(tmp_path)
+    monkeypatch.setattr(cache_module, "_enable_wal", real_enable_wal)
+    assert cleared
+    cache.put("fp", ["new"], np.full((1, 4), 2.0, np.float32))
+    found, vectors = EmbeddingCache(tmp_path).get("fp", ["old", "new"], 4)
+    assert found.tolist() == [False, True]  # "new" is in the cache everyone sees
+    np.testing.assert_array_equal(vectors[1], 2.0)
