@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from featx.exporting import EXPORT_FORMATS
 from featx.heads import HEAD_KINDS, HEADS, grid_key
 
 __all__ = ["main", "parse_backbone_spec", "parse_backbones"]
@@ -326,6 +327,14 @@ def _parser() -> argparse.ArgumentParser:
         help="load a format-1 classifier file (a pickle: it can run code; only for a file "
         "from a source you trust)",
     )
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="write a classifier as one Keras / SavedModel / TFLite model")
+    p.add_argument("model", help="a classifier file written by `featx train`")
+    p.add_argument("--out", required=True, help="the .keras file, SavedModel folder or .tflite")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="keras")
+    p.add_argument("--quantize", choices=("dynamic",), help="tflite only: weights stored as int8")
+    p.add_argument("--trust", action="append", default=[], metavar="TYPE")
     p.add_argument("--json", action="store_true")
 
     for name, help_text in [
@@ -668,6 +677,19 @@ def _predict(args: argparse.Namespace) -> Result:
     if args.json:
         summary["predictions"] = rows
     return summary, "\n".join(lines)
+
+
+def _export(args: argparse.Namespace) -> Result:
+    from featx.classifier import load_classifier
+    from featx.exporting import export
+
+    model = load_classifier(args.model, trusted=args.trust)
+    result = export(model, args.out, format=args.format, quantize=args.quantize)
+    return result, (
+        f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB, "
+        f"{len(result['classes'])} classes, input {result['input_size'][0]}x"
+        f"{result['input_size'][1]} uint8 RGB); classes and input in {result['metadata']}"
+    )
 
 
 def _prediction_sources(items: list[str]) -> Iterator[Any]:
@@ -1024,6 +1046,7 @@ _COMMANDS = {
     "extract": _extract,
     "train": _train,
     "predict": _predict,
+    "export": _export,
     "evaluate": _evaluate,
     "compare": _compare,
     "tune": _tune,
