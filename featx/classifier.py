@@ -155,7 +155,9 @@ def save_classifier(model: Any, path: str | os.PathLike, *, trusted: Sequence[st
     finally:
         if portable:
             transformer.cache_dir = own_cache
-    beyond = _beyond_allowlist(payload)
+    import skops.io
+
+    beyond = _beyond_allowlist(skops.io.get_untrusted_types(data=payload))
     refused = [name for name in beyond if name not in trusted]
     if refused:
         raise TypeError(
@@ -243,13 +245,14 @@ def load_classifier(
     import skops.io
 
     try:
-        beyond = _beyond_allowlist(payload)
+        # skops reads only the payload's schema to list its types: nothing is built.
+        untrusted = skops.io.get_untrusted_types(data=payload)
     except Exception as error:
         raise ValueError(
             f"{str(path)!r}: featx's header is there but the model inside is damaged or not "
             f"in skops' format ({type(error).__name__}: {error}). Save the classifier again."
         ) from None
-    refused = [name for name in beyond if name not in trusted]
+    refused = [name for name in _beyond_allowlist(untrusted) if name not in trusted]
     if refused:
         raise ValueError(
             f"{str(path)!r} holds {_types(refused)} outside featx's allowlist of types a "
@@ -260,7 +263,7 @@ def load_classifier(
         )
     # Every type the payload needs is now either on featx's allowlist or trusted by the
     # caller; skops checks the same list again as it builds.
-    return skops.io.loads(payload, trusted=skops.io.get_untrusted_types(data=payload))
+    return skops.io.loads(payload, trusted=untrusted)
 
 
 def predict_top_k(model: Any, images: Any, k: int = 3) -> list[list[tuple[str, float]]]:
@@ -409,14 +412,8 @@ def _dumps(model: Any) -> bytes:
         ) from None
 
 
-def _beyond_allowlist(payload: bytes) -> list[str]:
-    """The types ``payload`` needs beyond skops' defaults and :data:`TRUSTED_TYPES`.
-
-    skops reads only the payload's schema to list them: nothing is built.
-    """
-    import skops.io
-
-    untrusted = skops.io.get_untrusted_types(data=payload)
+def _beyond_allowlist(untrusted: list[str]) -> list[str]:
+    """Of the types skops does not trust by default, those not in :data:`TRUSTED_TYPES`."""
     return sorted(name for name in untrusted if name not in TRUSTED_TYPES)
 
 
