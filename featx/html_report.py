@@ -26,9 +26,9 @@ from featx.report_model import (
     MISCLASSIFIED_EDGE,
     BestClassifier,
     ReportData,
-    best_row,
     class_colours,
     comparison_conclusion,
+    leaders,
     readable_params,
     separation_conclusion,
 )
@@ -60,7 +60,7 @@ html,body{margin:0;background:#f7f7f8}
 .fx{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",sans-serif;
  color:#1d1d1f;margin:0 auto;padding:10px 22px 48px;max-width:1860px}
 .fx h1{font-size:22px;margin:8px 0 2px}
-.fx h2{font-size:17px;margin:30px 0 6px;padding-top:12px;border-top:1px solid #dedee3}
+.fx>h2{font-size:17px;margin:30px 0 6px;padding-top:12px;border-top:1px solid #dedee3}
 .fx h3{font-size:14px;margin:14px 0 4px}
 .fx .fx-lead{color:#444;margin:2px 0 10px;max-width:1200px}
 .fx ul.fx-findings{margin:6px 0 12px;padding-left:20px;font-size:15px}
@@ -92,10 +92,12 @@ html,body{margin:0;background:#f7f7f8}
 .fx .fx-key{display:inline-flex;align-items:center;gap:6px;color:#444;margin-left:10px}
 .fx .fx-maps{background:#fff;border:1px solid #e1e1e6;padding:6px 4px}
 .fx .fx-side{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
+.fx .fx-side>div{max-width:100%}
 .fx table.fx-confusion{border-collapse:collapse;background:#fff;
  font-variant-numeric:tabular-nums;font-size:12.5px}
-.fx .fx-confusion td{width:38px;min-width:26px;height:30px;text-align:center;
- border:1px solid #fff}
+.fx .fx-confusion td{width:var(--cell);min-width:var(--cell);height:var(--cell);
+ padding:0;text-align:center;border:1px solid #fff}
+.fx .fx-scroll{overflow-x:auto;max-width:100%}
 .fx .fx-confusion th{font-weight:500;padding:2px 6px;white-space:nowrap;color:#333}
 .fx .fx-confusion th.fx-row{text-align:right}
 .fx .fx-confusion th.fx-col{vertical-align:bottom;padding:4px 2px}
@@ -139,9 +141,13 @@ document.getElementById('featx-legend').addEventListener('click', (event) => {
 def write_html(data: ReportData, path: str | os.PathLike) -> Path:
     """Write ``data`` as one HTML file with every script and style inline; returns the path."""
     from bokeh.embed import components
+    from bokeh.embed.bundle import bundle_for_objs_and_resources
     from bokeh.resources import INLINE
 
-    script, maps = components(_maps(data))
+    layout = _maps(data)
+    script, maps = components(layout)
+    # Only the bundles the maps use (bokeh and its WebGL part: 1.5 MB, not all 3.9 MB).
+    bokeh_js, bokeh_css = bundle_for_objs_and_resources([layout], INLINE)
     sections = [
         _separation(data),
         _comparison(data),
@@ -156,9 +162,9 @@ def write_html(data: ReportData, path: str | os.PathLike) -> Path:
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{html.escape(data.title)}</title>{INLINE.render()}<style>{_STYLE}</style>"
+        f"<title>{html.escape(data.title)}</title>{bokeh_js}{bokeh_css}<style>{_STYLE}</style>"
         "</head><body><main class='fx'>"
-        f"{_header(data)}{_legend(data)}<div class='fx-maps'>{maps}</div>"
+        f"{_header(data)}{_legend(data)}<div class='fx-maps'{_maps_width(data)}>{maps}</div>"
         f"{''.join(sections)}</main>{script}{_LEGEND_SCRIPT}</body></html>"
     )
     path = Path(path)
@@ -203,6 +209,11 @@ def _maps(data: ReportData):
         toolbar_location=None,  # each map keeps its own toolbar; no shared one (nor its logo)
         sizing_mode="stretch_width",
     )
+
+
+def _maps_width(data: ReportData) -> str:
+    """A lone map spans at most 1,000 px: wider, it would be taller than a laptop screen."""
+    return " style='max-width:1000px'" if len(data.panels) == 1 else ""
 
 
 def _panel(data: ReportData, p: int, panel, source, colours: list[str], with_thumbnails: bool):
@@ -324,7 +335,7 @@ def _shown(data: ReportData) -> str:
     if len(data.y) == data.n_total:
         return ""
     return (
-        f" <b id='featx-shown'>showing {len(data.y)} of {data.n_total} points</b> (a seeded "
+        f" <b id='featx-shown'>showing {len(data.y):,} of {data.n_total:,} points</b> (a seeded "
         f"sample within max_points={data.max_points} that keeps every class; metrics use "
         "every point);"
     )
@@ -350,16 +361,14 @@ def _sample_note(data: ReportData) -> str:
 
 def _separation(data: ReportData) -> str:
     esc = html.escape
-    scores = [p.metrics.get("knn_accuracy") for p in data.panels]
-    best = None if all(s is None for s in scores) else int(np.nanargmax(
-        [-math.inf if s is None else s for s in scores]))  # fmt: skip
+    best = leaders([p.metrics.get("knn_accuracy") for p in data.panels])
     head = "".join(f"<th title='{esc(m.help, quote=True)}'>{esc(m.short)}</th>" for m in METRICS)
     body = ""
     for i, panel in enumerate(data.panels):
-        label = esc(panel.label) + (_badge("best") if i == best and len(data.panels) > 1 else "")
+        label = esc(panel.label) + (_badge("best") if i in best else "")
         cells = [_num(panel.details.get("dim"), "{:,}"), _num(panel.details.get("ms_per_image"))]
         cells += [format_metric(panel.metrics.get(m.name)) for m in METRICS]
-        body += _row([label, *cells], best=i == best and len(data.panels) > 1)
+        body += _row([label, *cells], best=i in best)
     help_items = [(m.short, m.help) for m in METRICS] + [
         (name.replace("_", " "), text) for name, text in PER_CLASS_HELP.items()
     ]
@@ -384,14 +393,21 @@ _COMPARISON = (
     ("ms/image", "ms_per_image", "{:.3f}"),
     ("dim", "dim", "{:,}"),
 )
+# How each protocol scored the rows, and (where a search chose parameters) how it chose.
 _PROTOCOLS = {
-    "nested-cv": "Nested cross-validation: accuracy is the mean over the outer folds (± their "
-    "standard deviation); each fold's parameters were chosen by an inner search on its "
-    "training part only.",
-    "train-validation-test": "Parameters chosen on the validation split; accuracy measured "
-    "once on the test split.",
-    "train-test": "Parameters chosen by cross-validation on the training split; accuracy "
-    "measured once on the test split.",
+    "nested-cv": (
+        "Nested cross-validation: accuracy is the mean over the outer folds (± their standard "
+        "deviation)",
+        "; each fold's parameters were chosen by an inner search on its training part only.",
+    ),
+    "train-validation-test": (
+        "Accuracy measured once on the test split, each head fitted on train + validation",
+        ", its parameters chosen on the validation split first.",
+    ),
+    "train-test": (
+        "Accuracy measured once on the test split, each head fitted on train",
+        ", its parameters chosen by cross-validation on train first.",
+    ),
 }
 
 
@@ -400,7 +416,7 @@ def _comparison(data: ReportData) -> str:
     table = data.comparison
     if table is None or len(table) == 0:
         return ""
-    best = best_row(table)
+    best = leaders(table["accuracy"]) if "accuracy" in table.columns else []
     params = [readable_params(v) for v in table.get("chosen_params", [None] * len(table))]
     columns = [(h, c, f) for h, c, f in _COMPARISON if c in table.columns]
     protocols = list(dict.fromkeys(table["protocol"])) if "protocol" in table.columns else []
@@ -415,14 +431,17 @@ def _comparison(data: ReportData) -> str:
                 cells.append(f"{value:.3f} ± {row['accuracy_std']:.3f}")
             else:
                 cells.append(esc(_num(value, fmt)))
-        cells[0] += _badge("best") if i == best and len(table) > 1 else ""
+        cells[0] += _badge("best") if i in best else ""
         if len(protocols) > 1:
             cells.append(esc(str(row["protocol"])))
         if any(params):
             cells.append(esc(params[i]) or "head defaults")
         text = tuple(i for i, c in enumerate(cells) if i >= len(columns) or columns[i][2] is None)
-        body += _row(cells, best=i == best and len(table) > 1, text=text)
-    notes = [_PROTOCOLS[p] for p in protocols if p in _PROTOCOLS]
+        body += _row(cells, best=i in best, text=text)
+    notes = [
+        how + (search if any(params) else ".")
+        for how, search in (_PROTOCOLS[p] for p in protocols if p in _PROTOCOLS)
+    ]
     return (
         "<h2>Classifiers (featx compare)</h2>"
         f"<p class='fx-conclusion'>{esc(comparison_conclusion(table))}</p>"
@@ -444,7 +463,8 @@ def _per_class_separation(data: ReportData) -> str:
             rows.setdefault(row["class"], [f"{row['n']:,}"]).extend(
                 [esc(_num(row["nearest_class"])), format_metric(row["margin"])]
             )
-    body = "".join(_row([esc(name), *cells]) for name, cells in rows.items())
+    names = tuple(range(2, 2 + 2 * len(data.panels), 2))  # the nearest-class columns
+    body = "".join(_row([esc(name), *cells], text=names) for name, cells in rows.items())
     return (
         "<h2>Per class: separation</h2><p class='fx-note'>Each class's nearest other class in "
         "the full space, and its margin against it (above 0 the class keeps to itself).</p>"
@@ -531,7 +551,12 @@ def _confusion(data: ReportData, best: BestClassifier) -> str:
     off = share.copy()
     np.fill_diagonal(off, 0)
     scale = max(float(off.max()), 1e-9)
-    head = "".join(f"<th class='fx-col'><span>{esc(name)}</span></th>" for name in best.classes)
+    # Column names stand upright when short (digits), else run up the column.
+    upright = all(len(name) <= 3 for name in best.classes)
+    head = "".join(
+        f"<th>{esc(name)}</th>" if upright else f"<th class='fx-col'><span>{esc(name)}</span></th>"
+        for name in best.classes
+    )
     rows = []
     for t, name in enumerate(best.classes):
         cells = []
@@ -550,9 +575,14 @@ def _confusion(data: ReportData, best: BestClassifier) -> str:
                 f"title='{esc(tip, quote=True)}'>{count if count or t == p else ''}</td>"
             )
         rows.append(f"<tr><th class='fx-row'>{esc(name)}</th>{''.join(cells)}</tr>")
+    # Cells shrink with many classes so that the matrix fits beside its table (it scrolls
+    # sideways beyond that): 36 px up to 12 classes, 18 px from 28.
+    cell = max(18, min(36, round(500 / len(best.classes))))
+    font = "12.5px" if cell >= 28 else "10px"
     return (
-        "<table class='fx-confusion' id='featx-confusion'>"
-        f"<tr><th class='fx-axis'>true \\ predicted</th>{head}</tr>{''.join(rows)}</table>"
+        f"<div class='fx-scroll'><table class='fx-confusion' id='featx-confusion' "
+        f"style='--cell:{cell}px;font-size:{font}'>"
+        f"<tr><th class='fx-axis'>true \\ predicted</th>{head}</tr>{''.join(rows)}</table></div>"
     )
 
 

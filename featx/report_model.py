@@ -27,6 +27,7 @@ __all__ = [
     "best_row",
     "class_colours",
     "comparison_conclusion",
+    "leaders",
     "readable_params",
     "report_summary",
     "separation_conclusion",
@@ -282,6 +283,23 @@ def best_row(table: Any) -> int | None:
     if np.isnan(accuracy).all():
         return None
     return int(np.nanargmax(accuracy))
+
+
+def leaders(values: Any) -> list[int]:
+    """Positions of the values that tie with the largest at three decimals (the rows a
+    table marks best); none where fewer than two values are compared.
+
+    Examples
+    --------
+    >>> leaders([0.9, 0.95, 0.9502, None])
+    [1, 2]
+    >>> leaders([0.9])
+    []
+    """
+    scores = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    if len(scores) < 2 or np.isnan(scores).all():
+        return []
+    return np.flatnonzero(np.nanmax(scores) - scores < _TIE).tolist()
 
 
 def readable_params(value: Any) -> str:

@@ -166,8 +166,8 @@ def small_report(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
             rows.append({"path": str(path), "label": label})
     table = pd.DataFrame(rows)
     out = root / "report.html"
-    report(table, backbones=[RawPixels(8), RawPixels(4)], method="pca", out=out, heads=(),
-           cache_dir=None, audit=True)  # fmt: skip
+    report(table, backbones=[RawPixels(8), RawPixels(4)], method="pca", out=out,
+           heads=("logreg",), cv=3, cache_dir=None, audit=True)  # fmt: skip
     return out, table
 
 
@@ -206,6 +206,10 @@ def test_report_in_chromium(browser, small_report, tmp_path):
     # The tables show class names as text too.
     per_class = page.page.locator("table#featx-per-class").inner_text()  # in Bokeh's shadow DOM
     assert SCRIPT_CLASS in per_class and IMG_CLASS in per_class
+
+    # So does the best classifier's confusion matrix.
+    matrix = page.page.locator("table#featx-confusion").inner_text()
+    assert SCRIPT_CLASS in matrix and IMG_CLASS in matrix
 
     # The "Data issues" section (report --audit) is there, its class names text as well.
     issues = page.page.locator("#featx-audit").inner_text()
@@ -322,7 +326,7 @@ def test_legend_layout_and_confusion_matrix_in_chromium(browser, tmp_path):
     """A small report whose best classifier's errors are known (tests/test_report.py), in a
     1,400 px window: legend swatches, the maps' layout, the confusion matrix, the gallery."""
     from PIL import Image
-    from test_report import KNOWN, KNOWN_CONFUSION, known_split_root
+    from test_report import HOSTILE_FILE, KNOWN, KNOWN_CONFUSION, known_split_root
 
     root = known_split_root(tmp_path / "known")
     path = tmp_path / "known.html"
@@ -395,8 +399,11 @@ def test_legend_layout_and_confusion_matrix_in_chromium(browser, tmp_path):
     assert pairs == [("blue", "red"), ("red", "green"), ("red", "green")], captions
     assert all(re.fullmatch(r"→ \w+ [01]\.\d\d", lines[1]) for lines in captions), captions
     assert all(lines[2].endswith(".png") for lines in captions)
+    assert any(lines[2].endswith(HOSTILE_FILE) for lines in captions)  # a file name as text
     assert page.js(
         "() => [...document.querySelectorAll('#featx-gallery img')].every(i => i.naturalWidth > 0)"
     )
     _screenshot(page, tmp_path, "report-known.png")
+    assert page.page.locator("img[src='x']").count() == 0
+    assert page.dialogs == [], f"a user string ran as code: {page.dialogs}"
     assert page.errors == [], page.errors

@@ -399,6 +399,8 @@ KNOWN_TEST = (
 )  # fmt: skip
 # Rows: true class; columns: predicted; in KNOWN order.
 KNOWN_CONFUSION = [[3, 0, 1], [0, 3, 0], [0, 2, 4]]
+# The red image filed as blue has a file name that is HTML: the gallery shows it as text.
+HOSTILE_FILE = "<img src=x onerror=alert(3)>.png"
 
 
 def known_split_root(root: Path) -> Path:
@@ -409,7 +411,9 @@ def known_split_root(root: Path) -> Path:
     def save(split: str, folder: str, look: str, i: int) -> None:
         pixels = np.asarray(random_image(1000 + 7 * i + len(folder), (24, 24)), np.float32) * 0.3
         pixels[..., _CHANNEL[look]] += 160
-        path = root / split / folder / f"{i:02d}.png"
+        hostile = split == "test" and (folder, look) == ("blue", "red")
+        name = f"{i:02d} {HOSTILE_FILE}" if hostile else f"{i:02d}.png"
+        path = root / split / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.astype(np.uint8)).save(path)
 
@@ -458,6 +462,8 @@ def test_best_classifier_class_by_class_on_a_known_report(tmp_path):
     gallery = _element(page, "featx-gallery")
     assert gallery.count("<figure") == 3 and gallery.count("data:image/jpeg;base64,") == 3
     assert "Most confused: &quot;red&quot; taken for &quot;green&quot; (2 images)" in page
+    assert HOSTILE_FILE not in page and html.escape(HOSTILE_FILE) in gallery
+    assert any(e["path"].endswith(HOSTILE_FILE) for e in best["errors"])
 
 
 def test_tables_say_what_they_conclude_and_read_like_people_write(tmp_path):
