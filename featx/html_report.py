@@ -228,7 +228,7 @@ def _panel(data: ReportData, p: int, panel, source, colours: list[str], with_thu
         sizing_mode="scale_width",
         tools="pan,wheel_zoom,box_select,reset,save",
         active_scroll="wheel_zoom",
-        toolbar_location="above",
+        toolbar_location="right",  # beside the frame: titles above keep their width
         output_backend="webgl",
         name=f"featx-panel-{p}",
         match_aspect=True,
@@ -270,7 +270,6 @@ def _panel(data: ReportData, p: int, panel, source, colours: list[str], with_thu
             tooltips=(TOOLTIP if with_thumbnails else TOOLTIP_TEXT) % {"p": p},
             limit=1,  # the nearest image only, however many overlap under the cursor
             name=f"featx-hover-{p}",
-            visible=False,  # always on: no toolbar button (the toolbar then fits a row)
         )
     )
     fig.add_tools(TapTool(renderers=renderers))
@@ -612,9 +611,9 @@ def _gallery(data: ReportData, best: BestClassifier) -> str:
     shown = [e for e in errors if e.thumbnail]
     if not shown:
         return head + (
-            "<p class='fx-note'>No thumbnails to show (thumbnails turned off, or embeddings "
-            "without image files); every error is in <code>featx report --json</code> under "
-            "best_classifier.</p>"
+            "<p class='fx-note'>No thumbnails to show (thumbnails turned off, or no image "
+            "files behind the embeddings); every error is in <code>featx report --json</code> "
+            "under best_classifier.</p>"
         )
     colours = dict(zip(data.classes, class_colours(len(data.classes)), strict=True))
     figures = []
