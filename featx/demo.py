@@ -144,9 +144,10 @@ def run_demo(
     represented["raw pixels 16x16"] = embed_splits(splits, raw, **run)
 
     # Learn and see on the embeddings just made: nothing below extracts again.
-    table = compare_embedded(
+    compared = compare_embedded(
         represented, heads=heads, grids={h: DEMO_GRIDS[h] for h in heads if h in DEMO_GRIDS}
-    ).table
+    )
+    table = compared.table
     columns = [
         c
         for c in (
@@ -178,7 +179,7 @@ def run_demo(
     # See: each representation's map and separation, with the comparison beneath.
     pages = report(
         embeddings=represented,
-        comparison=table,
+        comparison=compared,  # with its predictions: the page's confusion matrix and errors
         method=method,
         out=cache_root / "demo-report.html",
         png=cache_root / "demo-report.png",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.report_model import ReportData, class_colours
+from featx.report_model import MISCLASSIFIED_EDGE, ReportData, class_colours
 from featx.separation import headline
 
 __all__ = ["write_figure"]
@@ -35,15 +35,18 @@ def write_figure(data: ReportData, path: str | os.PathLike, dpi: int = 150) -> P
     for ax, panel in zip(axes.flat, data.panels, strict=False):
         wrong = panel.predicted != data.y
         for c, name in enumerate(data.classes):
-            for mask, marker in ((~wrong, "o"), (wrong, "x")):
+            # The page's markers: a class-coloured circle; a triangle with a dark edge where
+            # leave-one-out k-NN gets the image wrong (drawn last, so errors stay visible).
+            for mask, marker, edge in ((~wrong, "o", colours[c]), (wrong, "^", MISCLASSIFIED_EDGE)):
                 rows_c = (data.y == c) & mask
                 ax.scatter(
                     panel.coords[rows_c, 0],
                     panel.coords[rows_c, 1],
-                    s=6,
+                    s=9 if marker == "o" else 13,
                     c=colours[c],
                     marker=marker,
-                    linewidths=0.8,
+                    edgecolors=edge,
+                    linewidths=0.4 if marker == "o" else 0.6,
                     alpha=0.75,
                     label=_text(name) if marker == "o" else None,
                 )
@@ -51,14 +54,18 @@ def write_figure(data: ReportData, path: str | os.PathLike, dpi: int = 150) -> P
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal", adjustable="datalim")
+    from matplotlib.lines import Line2D
+
     handles, labels = axes.flat[0].get_legend_handles_labels()
+    key = Line2D([], [], linestyle="", marker="^", markersize=4, markerfacecolor="#9a9a9a",
+                 markeredgecolor=MISCLASSIFIED_EDGE, markeredgewidth=0.6, alpha=0.75)  # fmt: skip
     fig.legend(
-        handles,
-        labels,
+        [*handles, key],
+        [*labels, "misclassified\n(leave-one-out k-NN)"],
         loc="center right",
-        markerscale=2.5,
+        markerscale=2.0,
         fontsize=8,
-        title="class (x = k-NN error)",
+        title="class",
         title_fontsize=8,
     )
     fig.suptitle(_text(f"{data.title} ({data.method.upper()}, {_count(data)} images)"), fontsize=11)

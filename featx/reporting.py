@@ -43,15 +43,35 @@ from featx.backbones import Backbone
 from featx.cache import EmbeddingCache
 from featx.config import BackboneConfig
 from featx.embeddings import Embeddings
-from featx.evaluation import Embedded, compare_embedded, embed_splits, entries, unique_label
+from featx.evaluation import (
+    Comparison,
+    Embedded,
+    compare_embedded,
+    embed_splits,
+    entries,
+    unique_label,
+)
 from featx.images import thumbnail_uris
-from featx.report_model import Panel, ReportData, ReportResult
+from featx.learning import classification_metrics
+from featx.report_model import (
+    BestClassifier,
+    Misclassified,
+    Panel,
+    ReportData,
+    ReportResult,
+    best_row,
+    readable_params,
+)
 from featx.sources import resolve_source
 from featx.splits import Splits, resolve_splits, split_layout
 
 __all__ = ["load_comparison", "load_tuning", "report"]
 
 THUMBNAIL_SIZE = 64
+# The gallery of the best classifier's errors: this many, most confident first, in larger
+# thumbnails (every error is in summary()["best_classifier"]).
+MAX_ERRORS = 60
+ERROR_THUMBNAIL_SIZE = 96
 # Points drawn per page: above this, a seeded sample keeping every class is shown (metrics
 # still use every point; see featx.separation). 20,000 points keep the page near 10 MB.
 MAX_POINTS = 20_000
@@ -134,8 +154,12 @@ def report(
     heads : sequence of str, default ("logreg",)
         Heads of the classifier comparison, each at its default parameters, under
         ``cv``-fold cross-validation (or the dataset's own splits). Empty: no comparison.
-    comparison : pandas.DataFrame, optional
-        A :func:`featx.compare` table to show instead of computing one.
+    comparison : featx.evaluation.Comparison or pandas.DataFrame, optional
+        A :func:`featx.compare` result to show instead of computing one. The
+        :class:`~featx.evaluation.Comparison` itself keeps each row's predictions, so the
+        page also shows the best row's confusion matrix, per-class precision and recall
+        and misclassified images; a table alone (or :func:`load_comparison` of a saved
+        one) shows the table only.
     tuning : featx.tuning.TuneResult or pandas.DataFrame, optional
         A :func:`featx.tune` search to show: every configuration tried with its selection
         score, outer-fold accuracy, dimension and cost (``featx report --tune FILE``
@@ -168,8 +192,11 @@ def report(
         ``summary()`` (what ``featx report --json`` prints, and what ``result[key]``
         reads): ``out``, ``png``, ``svg``, ``n_points``, ``n_shown`` (points drawn),
         ``classes``, ``panels`` (label, metrics, per-class separation, dim, cost),
-        ``comparison`` and ``tuning`` (rows) and ``seconds``; ``to_frame()``: one row
-        per panel; ``.data``: the :class:`~featx.report_model.ReportData` drawn.
+        ``comparison`` and ``tuning`` (rows), ``best_classifier`` (the comparison's best
+        row: confusion matrix, per-class precision and recall, every out-of-sample error
+        with its path, true and predicted class and confidence) and ``seconds``;
+        ``to_frame()``: one row per panel; ``.data``: the
+        :class:`~featx.report_model.ReportData` drawn.
     """
     start = time.perf_counter()
     from featx.projection import METHODS
@@ -262,7 +289,18 @@ def report(
         # The heads learn on the embeddings the maps were made of: nothing is extracted again.
         comparison = compare_embedded(
             represented, heads=list(heads), grids={h: {} for h in heads}, cv=cv, seed=seed
-        ).table
+        )
+    classifier, classifier_note = None, ""
+    if isinstance(comparison, Comparison):
+        classifier = _best_classifier(comparison, represented, images, thumbnails)
+        comparison = comparison.table
+    elif best_row(comparison) is not None:
+        classifier_note = (
+            "The confusion matrix, per-class precision and recall and the misclassified "
+            "images need the classifier's predictions, which a table alone does not keep: "
+            "pass featx.compare's result itself (comparison=result, not result.table), or "
+            "let the report compute the table (heads=, --heads) rather than read it (--compare)."
+        )
     timings["compare"] = time.perf_counter() - mark
 
     audited = None
@@ -294,6 +332,8 @@ def report(
         n_points=len(common),
         max_points=max_points,
         audit=audited,
+        classifier=classifier,
+        classifier_note=classifier_note,
     )
     if out is not None:
         from featx.html_report import write_html
@@ -307,6 +347,70 @@ def report(
     timings["write"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
     return ReportResult(data, out=out, png=png, svg=svg, seconds=timings)
+
+
+def _best_classifier(
+    compared: Comparison, represented: Mapping[str, Embedded], images: Any, thumbnails: bool
+) -> BestClassifier | None:
+    """The comparison's best row, class by class, from its out-of-sample predictions."""
+    i = best_row(compared.table)
+    if i is None or len(compared.results) != len(compared.table):
+        return None
+    row, result = compared.table.iloc[i], compared.results[i]
+    true, predicted, confidence, where = [], [], [], []
+    for fold in result.run.folds:  # every row once: the test split, or every outer fold
+        true.append(result.y[fold.test_split][fold.test_rows])
+        predicted.append(fold.predicted)
+        confidence.append(fold.proba[np.arange(len(fold.predicted)), fold.predicted])
+        where += [(fold.test_split, int(r)) for r in fold.test_rows]
+    y_true, y_pred = np.concatenate(true), np.concatenate(predicted)
+    probability = np.concatenate(confidence)
+    classes = list(result.classes)
+    metrics = classification_metrics(y_true, y_pred, classes)
+    wrong = np.flatnonzero(y_true != y_pred)
+    wrong = wrong[np.argsort(-probability[wrong], kind="stable")]  # most confident first
+    embedded = represented.get(str(row["backbone"]))
+    named = [_item(embedded, images, *where[j]) for j in wrong]
+    items = [item for _, item in named]
+    errors = [
+        Misclassified(
+            name=name,
+            true=classes[y_true[j]],
+            predicted=classes[y_pred[j]],
+            confidence=round(float(probability[j]), 4),
+        )
+        for j, (name, _) in zip(wrong, named, strict=True)
+    ]
+    if thumbnails:
+        shown = thumbnail_uris(items[:MAX_ERRORS], ERROR_THUMBNAIL_SIZE)
+        for error, uri in zip(errors, shown, strict=False):
+            error.thumbnail = uri
+    return BestClassifier(
+        representation=str(row["backbone"]),
+        head=str(row["head"]),
+        params=readable_params(row.get("chosen_params")),
+        protocol=result.protocol,
+        accuracy=float(row["accuracy"]),
+        classes=classes,
+        confusion=np.asarray(metrics["confusion_matrix"], dtype=np.int64),
+        per_class=[{"class": name, **v} for name, v in metrics["per_class"].items()],
+        errors=errors,
+    )
+
+
+def _item(embedded: Embedded | None, images: Any, split: str, row: int) -> tuple[str, Any]:
+    """A split's row as the gallery names and shows it: its file, or its position and
+    pixels (arrays given), or its position alone."""
+    if embedded is None:
+        return f"{split} #{row}", None
+    emb = embedded.embeddings[split]
+    if emb.paths is not None:
+        return emb.paths[row], emb.paths[row]
+    position = int(emb.index[row])
+    name = f"#{position}" if split == "all" else f"{split} #{position}"
+    if images is not None and split == "all":
+        return name, images.inputs[position]
+    return name, None
 
 
 def _tuning_fields(tuning: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Screenshots go to ``$FEATX_SCREENSHOT_DIR`` when set (and to pytest's tmp_path a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -118,6 +119,21 @@ class Page:
             panel,
         )
 
+    def visible(self, c: int) -> list[bool]:
+        """Whether class ``c`` is shown, in each panel."""
+        return self.js(
+            """(c) => {
+              const doc = Bokeh.documents[0], out = [];
+              for (let p = 0; doc.get_model_by_name('featx-panel-' + p); p++)
+                out.push(doc.get_model_by_name('featx-class-' + p + '-' + c).visible);
+              return out;
+            }""",
+            c,
+        )
+
+    def box(self, selector: str) -> dict[str, float]:
+        return self.page.locator(selector).first.bounding_box()
+
     def hover(self, panel: int, i: int, exact: bool = True):
         """Hover point ``i``; with ``exact=False`` any tooltip will do (dense clouds)."""
         self.page.mouse.move(*self.point(panel, i))
@@ -150,8 +166,8 @@ def small_report(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
             rows.append({"path": str(path), "label": label})
     table = pd.DataFrame(rows)
     out = root / "report.html"
-    report(table, backbones=[RawPixels(8), RawPixels(4)], method="pca", out=out, heads=(),
-           cache_dir=None, audit=True)  # fmt: skip
+    report(table, backbones=[RawPixels(8), RawPixels(4)], method="pca", out=out,
+           heads=("logreg",), cv=3, cache_dir=None, audit=True)  # fmt: skip
     return out, table
 
 
@@ -191,6 +207,10 @@ def test_report_in_chromium(browser, small_report, tmp_path):
     per_class = page.page.locator("table#featx-per-class").inner_text()  # in Bokeh's shadow DOM
     assert SCRIPT_CLASS in per_class and IMG_CLASS in per_class
 
+    # So does the best classifier's confusion matrix.
+    matrix = page.page.locator("table#featx-confusion").inner_text()
+    assert SCRIPT_CLASS in matrix and IMG_CLASS in matrix
+
     # The "Data issues" section (report --audit) is there, its class names text as well.
     issues = page.page.locator("#featx-audit").inner_text()
     assert "Label issues" in issues and "Duplicates" in issues and "Outliers" in issues
@@ -203,12 +223,13 @@ def test_report_in_chromium(browser, small_report, tmp_path):
     )
     assert i in selected
 
-    # Hiding a class (what a legend click does) hides it in every panel.
-    page.js("() => { Bokeh.documents[0].get_model_by_name('featx-class-0-1').visible = false }")
-    page.page.wait_for_function(  # Bokeh runs the linking callback on its next tick
-        "() => Bokeh.documents[0].get_model_by_name('featx-class-1-1').visible === false",
-        timeout=10_000,
-    )
+    # Clicking a class in the legend hides it in every panel; clicking again shows it.
+    button = page.page.locator("#featx-legend button[data-class='1']")
+    assert button.inner_text() == SCRIPT_CLASS  # the hostile class name, as text
+    button.click()
+    assert page.visible(1) == [False, False] and button.get_attribute("aria-pressed") == "false"
+    button.click()
+    assert page.visible(1) == [True, True]
 
     shot = _screenshot(page, tmp_path, "report-small.png")
     assert shot.stat().st_size > 20_000
@@ -290,3 +311,99 @@ def test_audit_page_in_chromium(browser, tmp_path):
     assert dialogs == [], f"a user string ran as code: {dialogs}"
     assert errors == [], errors
     page.close()
+
+
+def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+def test_legend_layout_and_confusion_matrix_in_chromium(browser, tmp_path):
+    """A small report whose best classifier's errors are known (tests/test_report.py), in a
+    1,400 px window: legend swatches, the maps' layout, the confusion matrix, the gallery."""
+    from PIL import Image
+    from test_report import HOSTILE_FILE, KNOWN, KNOWN_CONFUSION, known_split_root
+
+    root = known_split_root(tmp_path / "known")
+    path = tmp_path / "known.html"
+    report(root, backbones=[RawPixels(4), RawPixels(2)], method="pca", out=path,
+           heads=("logreg",), cache_dir=None)  # fmt: skip
+    page = Page(browser, path)
+    page.page.set_viewport_size({"width": 1400, "height": 1000})
+    page.page.wait_for_timeout(500)  # Bokeh lays the maps out again for the new width
+
+    # The bug this guards against: a swatch drawn like its class's first point. Red's first
+    # point is misclassified by k-NN (drawn as a dark-edged triangle) in both panels.
+    points = page.js("() => Bokeh.documents[0].get_model_by_name('featx-points').data")
+    first_red = points["label"].index("red")
+    assert points["marker0"][first_red] == points["marker1"][first_red] == "triangle"
+
+    for c, name in enumerate(KNOWN):
+        colour = points["colour"][points["label"].index(name)]
+        swatch = page.page.locator(f"#featx-legend button[data-class='{c}'] svg.fx-swatch")
+        assert swatch.get_attribute("data-marker") == "circle"
+        shape = swatch.locator("circle")
+        assert shape.get_attribute("fill") == shape.get_attribute("stroke") == colour
+        # And as drawn: the class colour at 75% over white in the middle, no dark edge.
+        shot = tmp_path / f"swatch-{c}.png"
+        swatch.screenshot(path=str(shot))
+        pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+        centre = pixels[pixels.shape[0] // 2, pixels.shape[1] // 2]
+        expected = 0.75 * np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)]) + 0.25 * 255
+        assert np.abs(centre - expected).max() < 12, (name, centre, expected)
+        assert pixels.max(axis=2).min() > 60, f"a dark edge on the {name} swatch"
+    key = page.page.locator("#featx-key svg.fx-swatch")
+    assert key.get_attribute("data-marker") == "triangle"
+    assert key.locator("polygon").get_attribute("stroke") == "#111111"
+
+    # Layout: the maps share the window's width; the legend stays outside the plot areas;
+    # no Bokeh logo.
+    frames = page.js(
+        """() => [0, 1].map((p) => {
+          const doc = Bokeh.documents[0];
+          const view = Bokeh.index.find_one(doc.get_model_by_name('featx-panel-' + p));
+          const r = view.el.getBoundingClientRect(), f = view.frame.bbox;
+          return {x: r.left + f.left, y: r.top + f.top, width: f.width, height: f.height};
+        })"""
+    )
+    assert all(frame["width"] > 600 for frame in frames), frames
+    assert frames[0]["x"] + frames[0]["width"] <= frames[1]["x"]  # side by side
+    legend = page.box("#featx-legend")
+    assert not any(_overlap(legend, frame) for frame in frames)
+    assert page.page.locator(".bk-logo").count() == 0
+
+    # The best classifier's confusion matrix: one row and column per class, the known counts.
+    rows = page.page.locator("#featx-confusion tr")
+    assert rows.count() == len(KNOWN) + 1
+    assert rows.nth(0).locator("th").all_inner_texts()[1:] == list(KNOWN)
+    for t, name in enumerate(KNOWN):
+        row = rows.nth(t + 1)
+        assert row.locator("th").inner_text() == name
+        cells = [int(text or 0) for text in row.locator("td").all_inner_texts()]
+        assert cells == KNOWN_CONFUSION[t]
+    # The diagonal is drawn apart from the errors (blue against red).
+    first = rows.nth(3).locator("td")
+    assert "47, 110, 186" in first.nth(2).evaluate("e => getComputedStyle(e).backgroundColor")
+    assert "196, 52, 40" in first.nth(1).evaluate("e => getComputedStyle(e).backgroundColor")
+
+    # The gallery: the three misclassified test images, each decoded, with both classes.
+    figures = page.page.locator("#featx-gallery figure")
+    assert figures.count() == 3
+    captions = [text.split("\n") for text in figures.locator("figcaption").all_inner_texts()]
+    # Lines: the true class; "→ predicted probability"; the file name.
+    pairs = sorted((lines[0], lines[1].split()[1]) for lines in captions)
+    assert pairs == [("blue", "red"), ("red", "green"), ("red", "green")], captions
+    assert all(re.fullmatch(r"→ \w+ [01]\.\d\d", lines[1]) for lines in captions), captions
+    assert all(lines[2].endswith(".png") for lines in captions)
+    assert any(lines[2].endswith(HOSTILE_FILE) for lines in captions)  # a file name as text
+    assert page.js(
+        "() => [...document.querySelectorAll('#featx-gallery img')].every(i => i.naturalWidth > 0)"
+    )
+    _screenshot(page, tmp_path, "report-known.png")
+    assert page.page.locator("img[src='x']").count() == 0
+    assert page.dialogs == [], f"a user string ran as code: {page.dialogs}"
+    assert page.errors == [], page.errors

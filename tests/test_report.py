@@ -200,26 +200,24 @@ def test_load_comparison(tmp_path):
         load_comparison(tmp_path / "bad.json")
 
 
-def _tables_html(page: Path) -> str:
-    """The HTML of the page's tables: a Bokeh Div's text inside the document's JSON."""
-    text = page.read_text(encoding="utf-8")
-    found = re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', text, re.S)
-    # Bokeh HTML-escapes the document's JSON inside its script element.
-    documents = json.dumps([json.loads(html.unescape(doc)) for doc in found])
+def _element(page: Path | str, element_id: str) -> str:
+    """The HTML of the page's element ``element_id`` (its tables and sections are plain HTML
+    around the Bokeh maps), up to its closing tag."""
+    text = page.read_text(encoding="utf-8") if isinstance(page, Path) else page
+    start = re.search(rf"<(\w+)[^>]*\bid='{element_id}'", text)
+    assert start, f"no element with id {element_id!r} on the page"
+    tag = start.group(1)
+    end = text.index(f"</{tag}>", start.start())
+    return text[start.start() : end]
 
-    def divs(node):
-        if isinstance(node, dict):
-            if node.get("name") == "featx-tables" and isinstance(node.get("text"), str):
-                yield node["text"]
-            for value in node.values():
-                yield from divs(value)
-        elif isinstance(node, list):
-            for value in node:
-                yield from divs(value)
 
-    tables = list(divs(json.loads(documents)))
-    assert len(tables) == 1, f"expected one featx-tables Div, found {len(tables)}"
-    return tables[0]
+def _rows(table: str) -> list[list[str]]:
+    """Each row's cells as text (tags stripped, entities decoded)."""
+    return [
+        [html.unescape(re.sub(r"<[^>]+>", "", cell)).strip() for cell in
+         re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    ]  # fmt: skip
 
 
 def test_the_tune_search_is_shown_on_the_page_and_in_the_summary(hostile_folder, tmp_path):
@@ -237,12 +235,14 @@ def test_the_tune_search_is_shown_on_the_page_and_in_the_summary(hostile_folder,
     rows = result["tuning"]
     assert [r["name"] for r in rows] == found.results["name"].tolist()
     assert all(r["ms_per_image"] > 0 and r["outer_accuracy"] is not None for r in rows)
-    page = _tables_html(tmp_path / "out" / "report.html")
-    table = page[page.index("id='featx-tuning'") :]
-    table = table[: table.index("</table>")]
-    assert table.count("<tr>") == len(found.results) + 1  # the header and every configuration
-    for name in found.results["name"]:
-        assert f"<td>{name}</td>" in table
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    rows = _rows(_element(page, "featx-tuning"))
+    assert len(rows) == len(found.results) + 1  # the header and every configuration
+    names = [row[0] for row in rows[1:]]
+    for name, best, cell in zip(found.results["name"], found.results["best"], names, strict=True):
+        assert cell.startswith(name) and ("chosen" in cell) == bool(best)
+    assert "baseline" in names[0]
+    assert not any("clf__" in cell for row in rows for cell in row)  # parameters as people write
     assert f"{found.accuracy:.4f}" in page and f"{found.baseline_accuracy:.4f}" in page
 
     # The same table from `featx tune --json` / `--csv` output, as `featx report --tune` reads it.
@@ -385,3 +385,155 @@ def test_cli_report_max_points(hostile_folder, tmp_path, capsys):
     assert (result["n_points"], result["n_shown"]) == (24, 6)
     assert "showing 6 of 24 points" in out.read_text(encoding="utf-8")
     assert out.read_text(encoding="utf-8").count("data:image/jpeg;base64,") == 6
+
+
+# -- what the page concludes, and the best classifier class by class -------------------------
+
+KNOWN = ("blue", "green", "red")
+_CHANNEL = {"red": 0, "green": 1, "blue": 2}
+# The test split, as (the class folder an image is filed under, the colour it shows): a red
+# image filed as blue and two green ones filed as red, which a head cannot get right.
+KNOWN_TEST = (
+    [("blue", "blue")] * 3 + [("blue", "red")] + [("green", "green")] * 3
+    + [("red", "red")] * 4 + [("red", "green")] * 2
+)  # fmt: skip
+# Rows: true class; columns: predicted; in KNOWN order.
+KNOWN_CONFUSION = [[3, 0, 1], [0, 3, 0], [0, 2, 4]]
+# The red image filed as blue has a file name that is HTML: the gallery shows it as text.
+HOSTILE_FILE = "<img src=x onerror=alert(3)>.png"
+
+
+def known_split_root(root: Path) -> Path:
+    """A train/test root of three colours whose best classifier's errors are known: the
+    three mislabelled test images of KNOWN_TEST. Red's first training image shows green, so
+    leave-one-out k-NN misclassifies the first point of class red."""
+
+    def save(split: str, folder: str, look: str, i: int) -> None:
+        pixels = np.asarray(random_image(1000 + 7 * i + len(folder), (24, 24)), np.float32) * 0.3
+        pixels[..., _CHANNEL[look]] += 160
+        hostile = split == "test" and (folder, look) == ("blue", "red")
+        name = f"{i:02d} {HOSTILE_FILE}" if hostile else f"{i:02d}.png"
+        path = root / split / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+    for folder in KNOWN:
+        for i in range(8):
+            save("train", folder, "green" if (folder, i) == ("red", 0) else folder, i)
+    for i, (folder, look) in enumerate(KNOWN_TEST):
+        save("test", folder, look, 20 + i)
+    return root
+
+
+def test_best_classifier_class_by_class_on_a_known_report(tmp_path):
+    root = known_split_root(tmp_path / "known")
+    out = tmp_path / "known.html"
+    result = report(root, backbones=[RawPixels(4)], method="pca", out=out, heads=("logreg",),
+                    cache_dir=None)  # fmt: skip
+
+    best = result["best_classifier"]
+    assert (best["backbone"], best["head"], best["protocol"]) == (
+        "raw pixels 4x4", "logreg", "train-test"
+    )  # fmt: skip
+    assert best["classes"] == list(KNOWN)
+    assert best["confusion_matrix"] == KNOWN_CONFUSION
+    assert best["n_scored"] == len(KNOWN_TEST) and best["n_errors"] == 3
+    assert best["accuracy"] == pytest.approx(10 / 13)
+    recall = {row["class"]: row["recall"] for row in best["per_class"]}
+    precision = {row["class"]: row["precision"] for row in best["per_class"]}
+    assert recall == pytest.approx({"blue": 3 / 4, "green": 1.0, "red": 4 / 6})
+    assert precision == pytest.approx({"blue": 1.0, "green": 3 / 5, "red": 4 / 5})
+    # Every error is a test image filed under the class it does not show.
+    errors = {(Path(e["path"]).parent.name, e["true"], e["predicted"]) for e in best["errors"]}
+    assert errors == {("blue", "blue", "red"), ("red", "red", "green")}
+    assert all("/test/" in e["path"] for e in best["errors"])
+    confidences = [e["confidence"] for e in best["errors"]]
+    assert confidences == sorted(confidences, reverse=True)  # most confident first
+
+    page = out.read_text(encoding="utf-8")
+    rows = _rows(_element(page, "featx-confusion"))
+    assert rows[0][1:] == list(KNOWN)  # the predicted classes across
+    assert [row[0] for row in rows[1:]] == list(KNOWN)  # the true classes down
+    counts = [[int(c or 0) for c in row[1:]] for row in rows[1:]]
+    assert counts == KNOWN_CONFUSION
+    per_class = _rows(_element(page, "featx-precision-recall"))
+    assert per_class[0] == ["class", "precision", "recall", "F1", "images"]
+    assert per_class[3][:3] == ["red", "0.800", "0.667"]
+    gallery = _element(page, "featx-gallery")
+    assert gallery.count("<figure") == 3 and gallery.count("data:image/jpeg;base64,") == 3
+    assert "Most confused: &quot;red&quot; taken for &quot;green&quot; (2 images)" in page
+    assert HOSTILE_FILE not in page and html.escape(HOSTILE_FILE) in gallery
+    assert any(e["path"].endswith(HOSTILE_FILE) for e in best["errors"])
+
+
+def test_tables_say_what_they_conclude_and_read_like_people_write(tmp_path):
+    X, y = _mixture(n_per_class=(30, 30, 30))
+    comparison = pd.DataFrame(
+        [
+            {"backbone": "pretrained", "head": "logreg", "accuracy": 0.9, "accuracy_std": 0.01,
+             "protocol": "nested-cv", "chosen_params": json.dumps({"clf__C": [0.01, 0.1, 0.01]})},
+            {"backbone": "pretrained", "head": "svm", "accuracy": 0.85, "accuracy_std": 0.02,
+             "protocol": "nested-cv",
+             "chosen_params": json.dumps({"clf__estimator__C": [10.0, 10.0, 10.0]})},
+            {"backbone": "random weights", "head": "logreg", "accuracy": 0.5,
+             "accuracy_std": 0.03, "protocol": "nested-cv", "chosen_params": "{}"},
+        ]
+    )  # fmt: skip
+    out = tmp_path / "r.html"
+    result = report(embeddings={"full": (X, y), "half": (X[:, :2], y)}, comparison=comparison,
+                    method="pca", out=out, cache_dir=None)  # fmt: skip
+    page = out.read_text(encoding="utf-8")
+    knn = {p["label"]: p["metrics"]["knn_accuracy"] for p in result["panels"]}
+    assert knn["full"] > knn["half"]  # the conclusion below is computed, not written in
+
+    separation = _element(page, "featx-metrics")
+    best = [row for row in re.findall(r"<tr[^>]*>", separation) if "fx-best" in row]
+    assert (
+        len(best) == 1 and "full" in _rows(separation)[1][0] and "best" in _rows(separation)[1][0]
+    )
+    gap = knn["full"] - knn["half"]
+    assert (
+        f"full beats half by {gap:.3f} k-NN accuracy ({knn['full']:.3f} against "
+        f"{knn['half']:.3f})." in page
+    )
+    rows = _rows(_element(page, "featx-comparison"))
+    assert rows[0] == ["representation", "head", "accuracy", "parameters"]
+    assert rows[1] == ["pretrainedbest", "logreg", "0.900 ± 0.010", "C = 0.01 in 2 folds, 0.1 in 1"]
+    assert rows[2][3] == "C = 10" and rows[3][3] == "head defaults"
+    assert (
+        "pretrained + logreg beats random weights + logreg by 0.400 accuracy (0.900 against 0.500)."
+        in page
+    )
+    assert "chosen_params" not in page and "clf__" not in page and "{}" not in rows[3][3]
+    assert "Every metric uses all 90 images." in page
+    # A table alone has no predictions: the page says why there is no confusion matrix.
+    assert result["best_classifier"] is None
+    assert "id='featx-no-classifier'" in page and "comparison=result" in page
+
+
+def test_figure_draws_misclassified_points_as_the_page_does(monkeypatch, tmp_path):
+    import matplotlib.axes
+
+    from featx.figure import write_figure
+    from featx.report_model import MISCLASSIFIED_EDGE, Panel, ReportData
+
+    drawn = []
+    original = matplotlib.axes.Axes.scatter
+
+    def spy(self, x, y, **kwargs):
+        drawn.append((len(x), kwargs["marker"], kwargs["edgecolors"], kwargs["c"]))
+        return original(self, x, y, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
+    y = np.array([0, 0, 1, 1, 1])
+    predicted = np.array([0, 1, 1, 1, 0])  # one error in each class
+    panel = Panel(
+        "p", np.random.default_rng(0).normal(size=(5, 2)), {"knn_accuracy": 0.6}, predicted
+    )
+    write_figure(ReportData("t", ["a", "b"], y, list("abcde"), [""] * 5, [panel], "pca"),
+                 tmp_path / "f.png")  # fmt: skip
+    colours = ["#1f77b4", "#ff7f0e"]
+    assert drawn == [
+        (1, "o", colours[0], colours[0]), (1, "^", MISCLASSIFIED_EDGE, colours[0]),
+        (2, "o", colours[1], colours[1]), (1, "^", MISCLASSIFIED_EDGE, colours[1]),
+    ]  # fmt: skip
