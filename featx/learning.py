@@ -249,14 +249,16 @@ class _Fitter:
         params: dict,
         rows: dict[str, np.ndarray],
         held: dict[str, np.ndarray],
+        start: Any = None,
     ) -> tuple[Any, np.ndarray, np.ndarray]:
-        """``cand`` at ``params`` fitted on ``rows``; its probabilities (one column per
-        class) and predictions on ``held`` (split -> rows, in that order)."""
+        """``cand`` at ``params`` fitted on ``rows`` (from ``start``, a solution the search
+        found); its probabilities (one column per class) and predictions on ``held``
+        (split -> rows, in that order)."""
         from featx.solvers import fit_predict
 
         X, y, X_held = self.data_for(cand, rows, held)
         started = time.perf_counter()
-        model, proba, predicted = fit_predict(cand.estimator, params, X, y, X_held)
+        model, proba, predicted = fit_predict(cand.estimator, params, X, y, X_held, start)
         self.took(c, time.perf_counter() - started)
         out = np.zeros((len(X_held), len(self.data.classes)), dtype=np.float32)
         if len(X_held):
@@ -276,12 +278,12 @@ class _Fitter:
 
     def grid(self, c: int, cand: Candidate, fit_rows: dict[str, np.ndarray], split, held):
         """``cand``'s every setting fitted on ``fit_rows`` and scored on rows ``held`` of
-        ``split``: ``(c, accuracies, seconds)``."""
-        from featx.solvers import grid_accuracies
+        ``split``: ``(c, featx.solvers.GridScores, seconds)``."""
+        from featx.solvers import score_grid
 
         X, y, X_held = self.data_for(cand, fit_rows, {split: held})
         started = time.perf_counter()
-        scores = grid_accuracies(cand.estimator, cand.grid, X, y, X_held, self.data.y[split][held])
+        scores = score_grid(cand.estimator, cand.grid, X, y, X_held, self.data.y[split][held])
         return c, scores, time.perf_counter() - started
 
     def took(self, c: int, seconds: float) -> None:
@@ -338,7 +340,7 @@ class _Fitter:
             return [[None]]
         per: dict[int, list[list[float]]] = {}
         for c, fold_scores, seconds in done:
-            per.setdefault(c, []).append(fold_scores)
+            per.setdefault(c, []).append(fold_scores.accuracies)
             self.took(c, seconds)
         scores: list[list[float | None]] = []
         for c, cand in enumerate(candidates):
@@ -463,10 +465,8 @@ def run_protocol(
         if log is not None and k is not None:
             log(f"outer fold {k + 1}/{cv}")
         mine, done = done[: len(tasks)], done[len(tasks) :]
-        seconds = sum(task_seconds for _, _, task_seconds in mine)
-        chosen.append(
-            (k, fit_rows, test_split, test, fitter.scores(candidates, mine, log), how, seconds)
-        )
+        scores = fitter.scores(candidates, mine, log)
+        chosen.append((k, fit_rows, test_split, test, scores, how, mine))
     folds = fitter.map(
         lambda *part: _finish(fitter, candidates, also_score, *part),
         chosen,
@@ -474,23 +474,28 @@ def run_protocol(
     return ProtocolRun(data.protocol, candidates, folds, fitter.seconds)
 
 
-def _finish(fitter, candidates, also, fold, fit_rows, test_split, test, scores, how, seconds):
-    """Refit the winner on ``fit_rows``, predict the test rows; score ``also`` beside it."""
+def _finish(fitter, candidates, also, fold, fit_rows, test_split, test, scores, how, searched):
+    """Refit the winner on ``fit_rows`` (starting from the solutions its search found at the
+    chosen setting, where the head can), predict the test rows; score ``also`` beside it."""
+    from featx.solvers import mean_start
+
+    def refit(c: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        best = _best(scores[c])
+        start = mean_start([g.starts[best] for task, g, _ in searched if task == c])
+        return fitter.fit_predict(
+            c, candidates[c], candidates[c].grid[best], fit_rows, {test_split: test}, start
+        )
+
     winner = int(np.argmax([s if s is not None else 0.0 for s in (r[_best(r)] for r in scores)]))
-    cand = candidates[winner]
-    params = cand.grid[_best(scores[winner])]
     started = time.perf_counter()
-    model, proba, predicted = fitter.fit_predict(winner, cand, params, fit_rows, {test_split: test})
+    model, proba, predicted = refit(winner)
+    seconds = sum(task_seconds for _, _, task_seconds in searched)
     fit_seconds = time.perf_counter() - started
     y_test = fitter.data.y[test_split][test]
     accuracy = {winner: float(np.mean(predicted == y_test))}
     for c in also:
         if c not in accuracy:
-            other = candidates[c].grid[_best(scores[c])]
-            _, _, also_predicted = fitter.fit_predict(
-                c, candidates[c], other, fit_rows, {test_split: test}
-            )
-            accuracy[c] = float(np.mean(also_predicted == y_test))
+            accuracy[c] = float(np.mean(refit(c)[2] == y_test))
     return FoldRun(
         fold,
         fit_rows,

@@ -9,7 +9,9 @@ what the settings share; here it is done once per training set:
 - **logistic regression** follows its regularisation path: C from small to large, each
   fit warm-started from the last solution (on clothing10's 3,068 training embeddings
   lbfgs took 165 iterations for the default grid instead of 249, and the warm solutions
-  were no further from the exact optimum than the cold ones);
+  were no further from the exact optimum than the cold ones); the final refit starts from
+  the mean of the chosen C's solutions on the inner folds (95 iterations down to 32 for
+  clothing10's refit on train + validation, the same test accuracy);
 - **the RBF SVM** gets its squared distances computed once, by BLAS, for the training and
   evaluation rows together; every setting (each C, and each calibration fold of
   ``CalibratedClassifierCV``) fits libsvm on a slice of ``exp(-gamma * D)`` instead of
@@ -23,13 +25,15 @@ probabilities are checked against the fast path's before it is returned). Classi
 without a path of their own (the MLP, k-NN, user estimators) are fitted setting by
 setting, their preprocessing still shared.
 
-:func:`grid_accuracies` scores a grid; :func:`fit_predict` fits one setting and predicts.
+:func:`score_grid` scores a grid; :func:`fit_predict` fits one setting and predicts,
+optionally starting from the solutions the grid found (:func:`mean_start`).
 This module imports scikit-learn: :mod:`featx.learning` imports it when it fits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-__all__ = ["fit_predict", "grid_accuracies"]
+__all__ = ["GridScores", "fit_predict", "mean_start", "score_grid"]
 
 # The SVM rebuilt from the fast fit must give the fast path's probabilities to this, or
 # the plain pipeline is fitted instead (a later scikit-learn could change SVC's internals).
@@ -47,14 +51,23 @@ _REBUILT_TOLERANCE = 1e-6
 _WARM_SOLVERS = ("lbfgs", "newton-cg", "newton-cholesky", "sag", "saga")
 
 
-def grid_accuracies(
+@dataclass(frozen=True)
+class GridScores:
+    """What :func:`score_grid` found: each setting's accuracy, and where a later fit at
+    that setting may start (logistic regression: its ``(coef_, intercept_)``; else None)."""
+
+    accuracies: list[float]
+    starts: list[Any]
+
+
+def score_grid(
     estimator: Any,
     settings: Sequence[dict[str, Any]],
     X_fit: np.ndarray,
     y_fit: np.ndarray,
     X_eval: np.ndarray,
     y_eval: np.ndarray,
-) -> list[float]:
+) -> GridScores:
     """The accuracy on ``(X_eval, y_eval)`` of ``estimator`` at each setting, fitted on
     ``(X_fit, y_fit)``: what ``clone(estimator).set_params(**s).fit(...).predict(...)``
     scores for each ``s``, with the work the settings share done once.
@@ -63,13 +76,13 @@ def grid_accuracies(
     --------
     >>> import numpy as np
     >>> from featx.heads import make_head
-    >>> from featx.solvers import grid_accuracies
+    >>> from featx.solvers import score_grid
     >>> rng = np.random.default_rng(0)
     >>> y = np.repeat([0, 1], 40)
     >>> X = rng.normal(size=(80, 5)) + 1.2 * y[:, None]
     >>> settings = [{"clf__estimator__C": 0.1}, {"clf__estimator__C": 10.0}]
     >>> fit, held = (X[::2], y[::2]), (X[1::2], y[1::2])
-    >>> fast = grid_accuracies(make_head("svm"), settings, *fit, *held)
+    >>> fast = score_grid(make_head("svm"), settings, *fit, *held).accuracies
     >>> plain = [
     ...     np.mean(make_head("svm").set_params(**s).fit(*fit).predict(held[0]) == held[1])
     ...     for s in settings
@@ -77,19 +90,36 @@ def grid_accuracies(
     >>> fast == plain, fast
     (True, [0.875, 0.85])
     """
-    scores = [0.0] * len(settings)
+    accuracies = [0.0] * len(settings)
+    starts: list[Any] = [None] * len(settings)
     for pre, clf, indices, clf_settings in _groups(estimator, settings):
         Z_fit, Z_eval = _preprocess(pre, X_fit, y_fit, X_eval)
-        path = _PATHS.get(_kind(clf), _each)
-        for i, predicted in zip(
-            indices, path(clf, clf_settings, Z_fit, y_fit, Z_eval), strict=True
-        ):
-            scores[i] = float(np.mean(np.asarray(predicted) == np.asarray(y_eval)))
-    return scores
+        predictions, group_starts = _PATHS.get(_kind(clf), _each)(
+            clf, clf_settings, Z_fit, y_fit, Z_eval
+        )
+        for i, predicted, start in zip(indices, predictions, group_starts, strict=True):
+            accuracies[i] = float(np.mean(np.asarray(predicted) == np.asarray(y_eval)))
+            starts[i] = start
+    return GridScores(accuracies, starts)
+
+
+def mean_start(starts: Sequence[Any]) -> Any:
+    """One start from several (the chosen setting's, one per inner fold): their mean, or
+    None when any is missing or they disagree in shape (a class absent from a fold)."""
+    if not starts or any(start is None for start in starts):
+        return None
+    if len({tuple(part.shape for part in start) for start in starts}) > 1:
+        return None
+    return tuple(np.mean([start[i] for start in starts], axis=0) for i in range(len(starts[0])))
 
 
 def fit_predict(
-    estimator: Any, params: dict[str, Any], X_fit: np.ndarray, y_fit: np.ndarray, X_eval: np.ndarray
+    estimator: Any,
+    params: dict[str, Any],
+    X_fit: np.ndarray,
+    y_fit: np.ndarray,
+    X_eval: np.ndarray,
+    start: Any = None,
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """``estimator`` at ``params`` fitted on ``(X_fit, y_fit)``, with its
     ``predict_proba`` and ``predict`` on ``X_eval``.
@@ -97,10 +127,13 @@ def fit_predict(
     The model is the plain scikit-learn estimator, fitted. An RBF SVM is fitted on one
     precomputed kernel and rebuilt as ``SVC(kernel="rbf")``; its probabilities on
     ``X_eval`` come from the kernel (the rebuilt model gives the same on a sample).
+    Logistic regression starts from ``start`` (a :class:`GridScores` start) when given:
+    the optimum is unique, so only the number of iterations changes.
     """
     model = clone(estimator).set_params(**params)
     pre, clf = _split(model)
-    if _kind(clf) == "svm":
+    kind = _kind(clf)
+    if kind == "svm":
         Z_fit, Z_eval = _preprocess(pre, X_fit, y_fit, X_eval)
         kernels = _Kernels(Z_fit, Z_eval)
         fast = _on_kernels(clf, kernels).fit(kernels.fit_rows, y_fit)
@@ -116,6 +149,17 @@ def fit_predict(
                 model = rebuilt
             return model, proba, rebuilt.classes_[np.argmax(proba, axis=1)]
         model = clone(estimator).set_params(**params)
+    elif kind == "logreg" and start is not None and not clf.warm_start:
+        Z_fit, Z_eval = _preprocess(pre, X_fit, y_fit, X_eval)
+        clf.set_params(warm_start=True)
+        clf.coef_, clf.intercept_ = (np.array(part) for part in start)
+        clf.fit(Z_fit, y_fit)
+        clf.set_params(warm_start=False)  # the model's parameters are the head's own
+        if pre is not None:
+            model.steps = [*pre.steps, (model.steps[-1][0], clf)]
+        else:
+            model = clf
+        return model, model.predict_proba(X_eval), model.predict(X_eval)
     model.fit(X_fit, y_fit)
     return model, model.predict_proba(X_eval), model.predict(X_eval)
 
@@ -179,18 +223,22 @@ def _kind(clf: Any) -> str | None:
     return None
 
 
-# -- the paths: each returns every setting's predictions on Z_eval ---------------------------
+# -- the paths: every setting's predictions on Z_eval, and where a refit may start -----------
+
+_Path = tuple[list[np.ndarray], list[Any]]
 
 
-def _each(clf: Any, settings: list[dict[str, Any]], Z_fit, y_fit, Z_eval) -> list[np.ndarray]:
+def _each(clf: Any, settings: list[dict[str, Any]], Z_fit, y_fit, Z_eval) -> _Path:
     """Any classifier, fitted setting by setting."""
-    return [clone(clf).set_params(**s).fit(Z_fit, y_fit).predict(Z_eval) for s in settings]
+    predictions = [clone(clf).set_params(**s).fit(Z_fit, y_fit).predict(Z_eval) for s in settings]
+    return predictions, [None] * len(settings)
 
 
-def _logreg_path(clf, settings: list[dict[str, Any]], Z_fit, y_fit, Z_eval) -> list[np.ndarray]:
+def _logreg_path(clf, settings: list[dict[str, Any]], Z_fit, y_fit, Z_eval) -> _Path:
     """Logistic regression along C, small to large, each fit starting from the last
     solution; settings that differ in more than C follow paths of their own."""
     out: list[np.ndarray] = [np.empty(0)] * len(settings)
+    starts: list[Any] = [None] * len(settings)
     paths: dict[str, list[int]] = {}
     for i, s in enumerate(settings):
         paths.setdefault(repr(sorted((k, v) for k, v in s.items() if k != "C")), []).append(i)
@@ -199,18 +247,20 @@ def _logreg_path(clf, settings: list[dict[str, Any]], Z_fit, y_fit, Z_eval) -> l
         for i in sorted(members, key=lambda i: settings[i].get("C", clf.C)):
             warm.set_params(**settings[i]).fit(Z_fit, y_fit)
             out[i] = warm.predict(Z_eval)
-    return out
+            starts[i] = (warm.coef_.copy(), warm.intercept_.copy())
+    return out, starts
 
 
-def _svm_path(clf, settings: list[dict[str, Any]], Z_fit, y_fit, Z_eval) -> list[np.ndarray]:
+def _svm_path(clf, settings: list[dict[str, Any]], Z_fit, y_fit, Z_eval) -> _Path:
     """The RBF SVM, every setting on one distance matrix."""
     kernels = _Kernels(Z_fit, Z_eval)
-    return [
+    predictions = [
         _on_kernels(clone(clf).set_params(**s), kernels)
         .fit(kernels.fit_rows, y_fit)
         .predict(kernels.eval_rows)
         for s in settings
     ]
+    return predictions, [None] * len(settings)
 
 
 _PATHS = {"logreg": _logreg_path, "svm": _svm_path}
