@@ -211,14 +211,14 @@ class _Fitter:
         self.seconds: dict[int, float] = {}
         self._lock = threading.Lock()
 
-    def map(self, function: Callable[..., Any], tasks: Sequence[tuple]) -> list[Any]:
-        """``function(*task)`` for every task, in order, on up to ``n_jobs`` threads."""
+    def map(self, function: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+        """``function(task)`` for every task, in order, on up to ``n_jobs`` threads."""
         if self.n_jobs == 1 or len(tasks) < 2:
-            return [function(*task) for task in tasks]
+            return [function(task) for task in tasks]
         from joblib import Parallel, delayed
 
         jobs = min(self.n_jobs, len(tasks))
-        return Parallel(n_jobs=jobs, backend="threading")(delayed(function)(*t) for t in tasks)
+        return Parallel(n_jobs=jobs, backend="threading")(delayed(function)(t) for t in tasks)
 
     def arrays(self, cand: Candidate, rows: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The training matrix and labels of ``rows`` (split -> indices), copies stacked in."""
@@ -276,15 +276,19 @@ class _Fitter:
         X_held = np.concatenate([features.X[split][index] for split, index in held.items()])
         return X, y, X_held
 
-    def grid(self, c: int, cand: Candidate, fit_rows: dict[str, np.ndarray], split, held):
-        """``cand``'s every setting fitted on ``fit_rows`` and scored on rows ``held`` of
-        ``split``: ``(c, featx.solvers.GridScores, seconds)``."""
+    def grid(self, task: _Task) -> tuple[_Task, Any, float]:
+        """The task's settings fitted on its rows and scored on its held-out rows:
+        ``(task, featx.solvers.GridScores, seconds)``."""
         from featx.solvers import score_grid
 
-        X, y, X_held = self.data_for(cand, fit_rows, {split: held})
+        cand = task.cand
+        X, y, X_held = self.data_for(cand, task.fit_rows, {task.split: task.held})
         started = time.perf_counter()
-        scores = score_grid(cand.estimator, cand.grid, X, y, X_held, self.data.y[split][held])
-        return c, scores, time.perf_counter() - started
+        settings = [cand.grid[i] for i in task.settings]
+        scores = score_grid(
+            cand.estimator, settings, X, y, X_held, self.data.y[task.split][task.held]
+        )
+        return task, scores, time.perf_counter() - started
 
     def took(self, c: int, seconds: float) -> None:
         """Count ``seconds`` of fitting to candidate ``c`` (from any thread)."""
@@ -310,41 +314,47 @@ class _Fitter:
         if settings == 1 and not search_single:
             return [], "none"
         if validation is not None:
-            return [(c, cand, {split: rows}, *validation) for c, cand in enumerate(candidates)], (
-                "validation accuracy"
+            folds, how = [({split: rows}, *validation)], "validation accuracy"
+        else:
+            groups = None if self.data.groups is None else self.data.groups.get(split)
+            inner, n_folds = inner_folds(
+                self.data.y[split],
+                rows,
+                inner_cv,
+                seed,
+                self.data.classes,
+                grouped=grouped,
+                copies=max(c.copies for c in candidates),
+                groups=groups,
             )
-        groups = None if self.data.groups is None else self.data.groups.get(split)
-        folds, n_folds = inner_folds(
-            self.data.y[split],
-            rows,
-            inner_cv,
-            seed,
-            self.data.classes,
-            grouped=grouped,
-            copies=max(c.copies for c in candidates),
-            groups=groups,
-        )
-        tasks = [
-            (c, cand, {split: t}, split, v) for c, cand in enumerate(candidates) for t, v in folds
-        ]
-        return tasks, f"{n_folds}-fold accuracy"
+            folds, how = [({split: t}, split, v) for t, v in inner], f"{n_folds}-fold accuracy"
+        # Fewer tasks than threads (one validation split): grids are scored in parts.
+        parts = -(-self.n_jobs // (len(candidates) * len(folds)))
+        tasks = []
+        for c, cand in enumerate(candidates):
+            for part in _parts(cand, parts):
+                for f, (fit_rows, held_split, held) in enumerate(folds):
+                    tasks.append(_Task(c, cand, fit_rows, held_split, held, f, part))
+        return tasks, how
 
     def scores(
         self,
         candidates: Sequence[Candidate],
-        done: Sequence[tuple[int, list[float], float]],
+        done: Sequence[tuple[_Task, Any, float]],
         log: Callable[[str], Any] | None,
     ) -> list[list[float | None]]:
-        """Each candidate's settings scored: the mean over its tasks (its inner folds)."""
+        """Each candidate's settings scored: the mean over its folds."""
         if not done:
             return [[None]]
-        per: dict[int, list[list[float]]] = {}
-        for c, fold_scores, seconds in done:
-            per.setdefault(c, []).append(fold_scores.accuracies)
-            self.took(c, seconds)
+        per: dict[int, dict[int, np.ndarray]] = {}
+        for task, grid_scores, seconds in done:
+            folds = per.setdefault(task.c, {})
+            fold = folds.setdefault(task.fold, np.full(len(task.cand.grid), np.nan))
+            fold[list(task.settings)] = grid_scores.accuracies
+            self.took(task.c, seconds)
         scores: list[list[float | None]] = []
         for c, cand in enumerate(candidates):
-            row: list[float | None] = [float(v) for v in np.mean(per[c], axis=0)]
+            row: list[float | None] = [float(v) for v in np.mean(list(per[c].values()), axis=0)]
             scores.append(row)
             if log is not None:
                 best = _best(row)
@@ -364,6 +374,27 @@ class _Fitter:
         Returns the scores and how they were obtained."""
         tasks, how = self.plan(candidates, split, rows, **options)
         return self.scores(candidates, self.map(self.grid, tasks), log), how
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Settings ``settings`` (indices into ``cand.grid``) of candidate ``c`` fitted on
+    ``fit_rows`` and scored on rows ``held`` of ``split``: inner fold ``fold``."""
+
+    c: int
+    cand: Candidate
+    fit_rows: dict[str, np.ndarray]
+    split: str
+    held: np.ndarray
+    fold: int
+    settings: tuple[int, ...]
+
+
+def _parts(cand: Candidate, parts: int) -> list[tuple[int, ...]]:
+    """``cand``'s settings in (about) ``parts`` groups that can be scored apart."""
+    from featx.solvers import split_grid
+
+    return [tuple(group) for group in split_grid(cand.estimator, cand.grid, parts)]
 
 
 def _best(scores: Sequence[float | None]) -> int:
@@ -468,7 +499,7 @@ def run_protocol(
         scores = fitter.scores(candidates, mine, log)
         chosen.append((k, fit_rows, test_split, test, scores, how, mine))
     folds = fitter.map(
-        lambda *part: _finish(fitter, candidates, also_score, *part),
+        lambda part: _finish(fitter, candidates, also_score, *part),
         chosen,
     )
     return ProtocolRun(data.protocol, candidates, folds, fitter.seconds)
@@ -481,7 +512,13 @@ def _finish(fitter, candidates, also, fold, fit_rows, test_split, test, scores, 
 
     def refit(c: int) -> tuple[Any, np.ndarray, np.ndarray]:
         best = _best(scores[c])
-        start = mean_start([g.starts[best] for task, g, _ in searched if task == c])
+        start = mean_start(
+            [
+                g.starts[task.settings.index(best)]
+                for task, g, _ in searched
+                if task.c == c and best in task.settings
+            ]
+        )
         return fitter.fit_predict(
             c, candidates[c], candidates[c].grid[best], fit_rows, {test_split: test}, start
         )
@@ -814,9 +851,7 @@ def _out_of_sample(data, run, candidate, cv, seed, oof, n_jobs) -> dict[str, np.
             }
 
         parts = [(rows_of(train), rows_of(held)) for train, held in outer_folds(y, n, seed, groups)]
-        done = fitter.map(
-            lambda rows, held: fitter.fit_predict(0, candidate, params, rows, held)[1], parts
-        )
+        done = fitter.map(lambda part: fitter.fit_predict(0, candidate, params, *part)[1], parts)
         for (_, held), held_proba in zip(parts, done, strict=True):
             start = 0
             for s, out in held.items():

@@ -170,15 +170,23 @@ def test_a_logreg_refit_from_the_searchs_solutions_is_the_plain_refit():
     assert solvers.mean_start([inner[0], (inner[1][0][:2], inner[1][1][:2])]) is None
 
 
+@pytest.mark.parametrize("protocol", ["nested-cv", "train-validation-test"])
 @pytest.mark.parametrize("kind", ["svm", "logreg"])
-def test_learn_gives_the_same_result_on_any_number_of_threads(kind):
+def test_learn_gives_the_same_result_on_any_number_of_threads(kind, protocol):
     X, y = _blobs(n_per_class=25)
-    data = Embeddings.from_arrays(X, y)
+    if protocol == "nested-cv":
+        data = Embeddings.from_arrays(X, y)
+    else:  # one validation split: the grid itself is scored in parts on the threads
+        cuts = {"train": slice(0, 45), "validation": slice(45, 60), "test": slice(60, None)}
+        data = {name: Embeddings.from_arrays(X[cut], y[cut]) for name, cut in cuts.items()}
     one = learn(data, kind, cv=3, n_jobs=1)
-    two = learn(data, kind, cv=3, n_jobs=2)
-    assert one["accuracy"] == two["accuracy"]
-    assert one["chosen_params"] == two["chosen_params"]
-    assert np.array_equal(one.proba["all"], two.proba["all"])
+    three = learn(data, kind, cv=3, n_jobs=3)
+    assert one["protocol"] == protocol
+    assert one["accuracy"] == three["accuracy"]
+    assert one["chosen_params"] == three["chosen_params"]
+    assert one["search"] == three["search"]
+    for split in one.proba:
+        assert np.array_equal(one.proba[split], three.proba[split], equal_nan=True)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
