@@ -120,6 +120,7 @@ def fit(npz: str, head: str) -> dict:
         "seconds": round(seconds, 2),
         "accuracy": round(summary["accuracy"], 4),
         "chosen": summary["chosen_params"],
+        "search": summary["search"],
         "protocol": summary["protocol"],
         "n": len(split),
     }
@@ -174,6 +175,7 @@ def main() -> None:
         "| new chosen |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    notes = []
     try:
         for name in args.datasets.split(","):
             for head in args.heads.split(","):
@@ -188,8 +190,32 @@ def main() -> None:
                     f"{_params(after['chosen'])} |",
                     flush=True,
                 )
+                notes.extend(_differences(f"{name} {head}", before, after))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
+    print()
+    print("\n".join(notes) or "Every choice is the same on both sides.")
+
+
+def _differences(what: str, before: dict, after: dict) -> list[str]:
+    """Where the two sides chose differently: how the old search scored both choices."""
+    nested = before["protocol"] == "nested-cv"
+    searches = before["search"] if nested else [before["search"]]
+    notes = []
+    for fold, search in enumerate(searches):
+        scores = {json.dumps(entry["params"], sort_keys=True): entry["score"] for entry in search}
+
+        def chosen(side: dict, fold: int = fold) -> str:
+            params = {k: (v[fold] if nested else v) for k, v in side["chosen"].items()}
+            return json.dumps(params, sort_keys=True)
+
+        old, new = chosen(before), chosen(after)
+        if old != new:
+            notes.append(
+                f"- {what}, fold {fold + 1}: old chose {old} ({scores[old]:.4f} in the old "
+                f"search), new chose {new} ({scores[new]:.4f} in the old search)."
+            )
+    return notes
 
 
 def _params(chosen: dict) -> str:
