@@ -32,6 +32,8 @@ protocols, folds and selection rule.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -65,6 +67,7 @@ __all__ = [
     "fit_candidate",
     "learn",
     "resolve_head",
+    "resolve_jobs",
     "run_protocol",
     "search",
 ]
@@ -194,15 +197,31 @@ class Candidate:
 
 
 class _Fitter:
-    """Fits candidates on rows of the data (copies stacked in), and keeps their fit time."""
+    """Fits candidates on rows of the data (copies stacked in), and keeps their fit time.
 
-    def __init__(self, data: LearningData) -> None:
+    Work comes in independent tasks (one inner fold's or one validation split's whole
+    grid, one refit), which :meth:`map` runs on ``n_jobs`` threads: scikit-learn's
+    solvers spend their time in BLAS, libsvm and liblinear, which release the GIL, and
+    threads share the embeddings instead of copying them to other processes.
+    """
+
+    def __init__(self, data: LearningData, n_jobs: int = 1) -> None:
         self.data = data
+        self.n_jobs = n_jobs
         self.seconds: dict[int, float] = {}
+        self._lock = threading.Lock()
 
-    def fit(self, c: int, cand: Candidate, params: dict, rows: dict[str, np.ndarray], names=False):
-        from sklearn.base import clone
+    def map(self, function: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+        """``function(task)`` for every task, in order, on up to ``n_jobs`` threads."""
+        if self.n_jobs == 1 or len(tasks) < 2:
+            return [function(task) for task in tasks]
+        from joblib import Parallel, delayed
 
+        jobs = min(self.n_jobs, len(tasks))
+        return Parallel(n_jobs=jobs, backend="threading")(delayed(function)(t) for t in tasks)
+
+    def arrays(self, cand: Candidate, rows: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The training matrix and labels of ``rows`` (split -> indices), copies stacked in."""
         features = self.data.features[cand.features]
         Xs, ys = [], []
         for split, index in rows.items():
@@ -210,25 +229,73 @@ class _Fitter:
             X, y, _ = stack_copies(features.X[split], self.data.y[split], copies, index)
             Xs.append(X)
             ys.append(y)
-        y = np.concatenate(ys)
+        return (np.concatenate(Xs) if len(Xs) > 1 else Xs[0]), np.concatenate(ys)
+
+    def fit(self, c: int, cand: Candidate, params: dict, rows: dict[str, np.ndarray], names=False):
+        from sklearn.base import clone
+
+        X, y = self.arrays(cand, rows)
         labels = np.asarray(self.data.classes, dtype=object)[y] if names else y
         started = time.perf_counter()
         model = clone(cand.estimator).set_params(**params)
-        model.fit(np.concatenate(Xs) if len(Xs) > 1 else Xs[0], labels)
-        self.seconds[c] = self.seconds.get(c, 0.0) + time.perf_counter() - started
+        model.fit(X, labels)
+        self.took(c, time.perf_counter() - started)
         return model
 
-    def features_of(self, model, cand: Candidate, split: str, rows: np.ndarray) -> np.ndarray:
-        """The rows ``model`` is about to predict (every prediction reads its input here)."""
-        return self.data.features[cand.features].X[split][rows]
+    def fit_predict(
+        self,
+        c: int,
+        cand: Candidate,
+        params: dict,
+        rows: dict[str, np.ndarray],
+        held: dict[str, np.ndarray],
+        start: Any = None,
+    ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """``cand`` at ``params`` fitted on ``rows`` (from ``start``, a solution the search
+        found); its probabilities (one column per class) and predictions on ``held``
+        (split -> rows, in that order)."""
+        from featx.solvers import fit_predict
 
-    def score(self, model, cand: Candidate, split: str, rows: np.ndarray) -> float:
-        from sklearn.metrics import accuracy_score
+        X, y, X_held = self.data_for(cand, rows, held)
+        started = time.perf_counter()
+        model, proba, predicted = fit_predict(cand.estimator, params, X, y, X_held, start)
+        self.took(c, time.perf_counter() - started)
+        out = np.zeros((len(X_held), len(self.data.classes)), dtype=np.float32)
+        if len(X_held):
+            out[:, np.asarray(model.classes_, dtype=np.int64)] = proba
+        return model, out, np.asarray(predicted)
 
-        predicted = model.predict(self.features_of(model, cand, split, rows))
-        return float(accuracy_score(self.data.y[split][rows], predicted))
+    def data_for(
+        self, cand: Candidate, rows: dict[str, np.ndarray], held: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What one fit reads: the training matrix and labels of ``rows`` (copies stacked
+        in), and the rows ``held`` out to predict (split -> rows, in that order). Every
+        fit that predicts reads its input here."""
+        X, y = self.arrays(cand, rows)
+        features = self.data.features[cand.features]
+        X_held = np.concatenate([features.X[split][index] for split, index in held.items()])
+        return X, y, X_held
 
-    def select(
+    def grid(self, task: _Task) -> tuple[_Task, Any, float]:
+        """The task's settings fitted on its rows and scored on its held-out rows:
+        ``(task, featx.solvers.GridScores, seconds)``."""
+        from featx.solvers import score_grid
+
+        cand = task.cand
+        X, y, X_held = self.data_for(cand, task.fit_rows, {task.split: task.held})
+        started = time.perf_counter()
+        settings = [cand.grid[i] for i in task.settings]
+        scores = score_grid(
+            cand.estimator, settings, X, y, X_held, self.data.y[task.split][task.held]
+        )
+        return task, scores, time.perf_counter() - started
+
+    def took(self, c: int, seconds: float) -> None:
+        """Count ``seconds`` of fitting to candidate ``c`` (from any thread)."""
+        with self._lock:
+            self.seconds[c] = self.seconds.get(c, 0.0) + seconds
+
+    def plan(
         self,
         candidates: Sequence[Candidate],
         split: str,
@@ -239,16 +306,18 @@ class _Fitter:
         seed: int,
         grouped: bool,
         search_single: bool,
-        log: Callable[[str], Any] | None,
-    ) -> tuple[list[list[float | None]], str]:
-        """Every candidate's every setting scored: on ``validation``, or by inner CV on
-        ``rows`` of ``split``. Returns the scores and how they were obtained."""
+    ) -> tuple[list[tuple], str]:
+        """The tasks that score every candidate's every setting (on ``validation``, or by
+        inner CV on ``rows`` of ``split``), and how they score; no tasks when a lone
+        setting needs no search."""
         settings = sum(len(c.grid) for c in candidates)
         if settings == 1 and not search_single:
-            return [[None]], "none"
-        if validation is None:
+            return [], "none"
+        if validation is not None:
+            folds, how = [({split: rows}, *validation)], "validation accuracy"
+        else:
             groups = None if self.data.groups is None else self.data.groups.get(split)
-            folds, n_folds = inner_folds(
+            inner, n_folds = inner_folds(
                 self.data.y[split],
                 rows,
                 inner_cv,
@@ -258,27 +327,74 @@ class _Fitter:
                 copies=max(c.copies for c in candidates),
                 groups=groups,
             )
-            how = f"{n_folds}-fold accuracy"
-        else:
-            how = "validation accuracy"
+            folds, how = [({split: t}, split, v) for t, v in inner], f"{n_folds}-fold accuracy"
+        # Fewer tasks than threads (one validation split): grids are scored in parts.
+        parts = -(-self.n_jobs // (len(candidates) * len(folds)))
+        tasks = []
+        for c, cand in enumerate(candidates):
+            for part in _parts(cand, parts):
+                for f, (fit_rows, held_split, held) in enumerate(folds):
+                    tasks.append(_Task(c, cand, fit_rows, held_split, held, f, part))
+        return tasks, how
+
+    def scores(
+        self,
+        candidates: Sequence[Candidate],
+        done: Sequence[tuple[_Task, Any, float]],
+        log: Callable[[str], Any] | None,
+    ) -> list[list[float | None]]:
+        """Each candidate's settings scored: the mean over its folds."""
+        if not done:
+            return [[None]]
+        per: dict[int, dict[int, np.ndarray]] = {}
+        for task, grid_scores, seconds in done:
+            folds = per.setdefault(task.c, {})
+            fold = folds.setdefault(task.fold, np.full(len(task.cand.grid), np.nan))
+            fold[list(task.settings)] = grid_scores.accuracies
+            self.took(task.c, seconds)
         scores: list[list[float | None]] = []
         for c, cand in enumerate(candidates):
-            row: list[float | None] = []
-            for params in cand.grid:
-                if validation is None:
-                    fold_scores = [
-                        self.score(self.fit(c, cand, params, {split: t}), cand, split, v)
-                        for t, v in folds
-                    ]
-                    row.append(float(np.mean(fold_scores)))
-                else:
-                    model = self.fit(c, cand, params, {split: rows})
-                    row.append(self.score(model, cand, *validation))
+            row: list[float | None] = [float(v) for v in np.mean(list(per[c].values()), axis=0)]
             scores.append(row)
             if log is not None:
                 best = _best(row)
                 log(f"  {cand.name}: {row[best]:.4f} {cand.grid[best]}")
-        return scores, how
+        return scores
+
+    def select(
+        self,
+        candidates: Sequence[Candidate],
+        split: str,
+        rows: np.ndarray,
+        *,
+        log: Callable[[str], Any] | None = None,
+        **options: Any,
+    ) -> tuple[list[list[float | None]], str]:
+        """Every candidate's every setting scored (:meth:`plan`'s ``options``), now.
+        Returns the scores and how they were obtained."""
+        tasks, how = self.plan(candidates, split, rows, **options)
+        return self.scores(candidates, self.map(self.grid, tasks), log), how
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Settings ``settings`` (indices into ``cand.grid``) of candidate ``c`` fitted on
+    ``fit_rows`` and scored on rows ``held`` of ``split``: inner fold ``fold``."""
+
+    c: int
+    cand: Candidate
+    fit_rows: dict[str, np.ndarray]
+    split: str
+    held: np.ndarray
+    fold: int
+    settings: tuple[int, ...]
+
+
+def _parts(cand: Candidate, parts: int) -> list[tuple[int, ...]]:
+    """``cand``'s settings in (about) ``parts`` groups that can be scored apart."""
+    from featx.solvers import split_grid
+
+    return [tuple(group) for group in split_grid(cand.estimator, cand.grid, parts)]
 
 
 def _best(scores: Sequence[float | None]) -> int:
@@ -333,6 +449,7 @@ def run_protocol(
     search_single: bool = False,
     also_score: Sequence[int] = (),
     log: Callable[[str], Any] | None = None,
+    n_jobs: int = 1,
 ) -> ProtocolRun:
     """Choose among ``candidates`` under ``data.protocol``; refit and score the winner.
 
@@ -340,85 +457,82 @@ def run_protocol(
     some candidate trains on copies). ``search_single`` scores a lone setting too
     (otherwise it is fitted without a search). The candidates ``also_score`` are refitted
     at their best setting and scored on every test part as well, beside the winner.
+    ``n_jobs`` threads run the independent fits (every outer fold's inner folds at once);
+    the result does not depend on it.
     """
     candidates = list(candidates)
     if not candidates or any(not c.grid for c in candidates):
         raise ValueError("run_protocol needs at least one candidate, each with a setting.")
     grouped = any(c.copies for c in candidates) if grouped is None else grouped
-    fitter = _Fitter(data)
+    fitter = _Fitter(data, n_jobs)
     options = {
         "inner_cv": inner_cv,
         "seed": seed,
         "grouped": grouped,
         "search_single": search_single,
-        "log": log,
     }
-    folds = []
+    # parts: (fold number, rows to fit, test split, test rows, selection tasks, how)
+    parts = []
     if data.protocol == "nested-cv":
         y = data.y["all"]
         check_outer_folds(y, cv, data.classes)
         groups = None if data.groups is None else data.groups.get("all")
         for k, (train, test) in enumerate(outer_folds(y, cv, seed, groups)):
-            if log is not None:
-                log(f"outer fold {k + 1}/{cv}")
-            started = time.perf_counter()
-            scores, how = fitter.select(candidates, "all", train, validation=None, **options)
-            folds.append(
-                _finish(
-                    fitter,
-                    candidates,
-                    scores,
-                    how,
-                    {"all": train},
-                    "all",
-                    test,
-                    also_score,
-                    k,
-                    started,
-                )
-            )
+            tasks, how = fitter.plan(candidates, "all", train, validation=None, **options)
+            parts.append((k, {"all": train}, "all", test, tasks, how))
     else:
         train = data.rows("train")
-        started = time.perf_counter()
         if "validation" in data.y:
             validation = ("validation", data.rows("validation"))
             fit_rows = {"train": train, "validation": validation[1]}
         else:
             validation, fit_rows = None, {"train": train}
-        scores, how = fitter.select(candidates, "train", train, validation=validation, **options)
-        folds.append(
-            _finish(
-                fitter,
-                candidates,
-                scores,
-                how,
-                fit_rows,
-                "test",
-                data.rows("test"),
-                also_score,
-                None,
-                started,
-            )
-        )
+        tasks, how = fitter.plan(candidates, "train", train, validation=validation, **options)
+        parts.append((None, fit_rows, "test", data.rows("test"), tasks, how))
+    # Every selection task of every fold at once, then every fold's refit at once.
+    done = fitter.map(fitter.grid, [task for part in parts for task in part[4]])
+    chosen = []
+    for k, fit_rows, test_split, test, tasks, how in parts:
+        if log is not None and k is not None:
+            log(f"outer fold {k + 1}/{cv}")
+        mine, done = done[: len(tasks)], done[len(tasks) :]
+        scores = fitter.scores(candidates, mine, log)
+        chosen.append((k, fit_rows, test_split, test, scores, how, mine))
+    folds = fitter.map(
+        lambda part: _finish(fitter, candidates, also_score, *part),
+        chosen,
+    )
     return ProtocolRun(data.protocol, candidates, folds, fitter.seconds)
 
 
-def _finish(fitter, candidates, scores, how, fit_rows, test_split, test, also, fold, started):
-    """Refit the winner on ``fit_rows``, predict the test rows; score ``also`` beside it."""
+def _finish(fitter, candidates, also, fold, fit_rows, test_split, test, scores, how, searched):
+    """Refit the winner on ``fit_rows`` (starting from the solutions its search found at the
+    chosen setting, where the head can), predict the test rows; score ``also`` beside it."""
+    from featx.solvers import mean_start
+
+    def refit(c: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        best = _best(scores[c])
+        start = mean_start(
+            [
+                g.starts[task.settings.index(best)]
+                for task, g, _ in searched
+                if task.c == c and best in task.settings
+            ]
+        )
+        return fitter.fit_predict(
+            c, candidates[c], candidates[c].grid[best], fit_rows, {test_split: test}, start
+        )
+
     winner = int(np.argmax([s if s is not None else 0.0 for s in (r[_best(r)] for r in scores)]))
-    cand = candidates[winner]
-    model = fitter.fit(winner, cand, cand.grid[_best(scores[winner])], fit_rows)
+    started = time.perf_counter()
+    model, proba, predicted = refit(winner)
+    seconds = sum(task_seconds for _, _, task_seconds in searched)
     fit_seconds = time.perf_counter() - started
-    X_test = fitter.features_of(model, cand, test_split, test)
-    predicted = model.predict(X_test)
-    proba = _proba(model, X_test, len(fitter.data.classes))
     y_test = fitter.data.y[test_split][test]
     accuracy = {winner: float(np.mean(predicted == y_test))}
     for c in also:
         if c not in accuracy:
-            params = candidates[c].grid[_best(scores[c])]
-            other = fitter.fit(c, candidates[c], params, fit_rows)
-            accuracy[c] = fitter.score(other, candidates[c], test_split, test)
+            accuracy[c] = float(np.mean(refit(c)[2] == y_test))
     return FoldRun(
         fold,
         fit_rows,
@@ -428,20 +542,11 @@ def _finish(fitter, candidates, scores, how, fit_rows, test_split, test, also, f
         how,
         winner,
         model,
-        np.asarray(predicted),
+        predicted,
         proba,
         accuracy,
-        fit_seconds,
+        seconds + fit_seconds,
     )
-
-
-def _proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``predict_proba`` with one column per class (zero for classes the fit never saw)."""
-    out = np.zeros((len(X), n_classes), dtype=np.float32)
-    if len(X):
-        columns = np.asarray(model.classes_, dtype=np.int64)
-        out[:, columns] = model.predict_proba(X)
-    return out
 
 
 # -- the learning core ------------------------------------------------------------------------
@@ -614,6 +719,7 @@ def learn(
     seed: int = 0,
     groups: Any = None,
     oof: bool = False,
+    n_jobs: int | None = None,
 ) -> LearnResult:
     """Fit and score a head on embeddings, with honest model selection.
 
@@ -640,6 +746,10 @@ def learn(
         On fixed splits, also cross-fit the chosen head on train (+ validation) so that
         every row has an out-of-sample probability (``cv`` folds). Nested CV has them
         for free.
+    n_jobs : int, optional
+        Threads for the independent fits (all the inner folds of every outer fold run
+        at once). Default: one per CPU this process may use. The result is the same for
+        any value.
 
     Returns
     -------
@@ -667,7 +777,9 @@ def learn(
         data.groups = _groups(groups, data.y)
     estimator, label, default = resolve_head(head)
     grid = resolve_grid(estimator, default if grid is None else grid)
-    return learn_data(data, estimator, label, grid, cv=cv, inner_cv=inner_cv, seed=seed, oof=oof)
+    return learn_data(
+        data, estimator, label, grid, cv=cv, inner_cv=inner_cv, seed=seed, oof=oof, n_jobs=n_jobs
+    )
 
 
 def learn_data(
@@ -681,6 +793,7 @@ def learn_data(
     seed: int,
     oof: bool,
     key: Hashable | None = None,
+    n_jobs: int | None = None,
 ) -> LearnResult:
     """:func:`learn` on prepared data and a resolved head (the representation ``key``)."""
     from sklearn.model_selection import ParameterGrid
@@ -693,10 +806,12 @@ def learn_data(
     )
     # One BLAS thread while fitting heads: their matrices are small (thousands of rows), so
     # threads bring little, and on a busy machine OpenBLAS's spinning threads made
-    # LogisticRegression and MLPClassifier fits 8-30x slower (15.5 s against 0.6 s).
+    # LogisticRegression and MLPClassifier fits 8-30x slower (15.5 s against 0.6 s). The
+    # cores go to independent fits instead (n_jobs threads).
     with threadpool_limits(limits=1, user_api="blas"):
-        run = run_protocol(data, [candidate], cv=cv, inner_cv=inner_cv, seed=seed)
-        proba = _out_of_sample(data, run, candidate, cv, seed, oof)
+        jobs = resolve_jobs(n_jobs)
+        run = run_protocol(data, [candidate], cv=cv, inner_cv=inner_cv, seed=seed, n_jobs=jobs)
+        proba = _out_of_sample(data, run, candidate, cv, seed, oof, jobs)
     return LearnResult(
         protocol=data.protocol,
         classes=list(data.classes),
@@ -712,13 +827,13 @@ def learn_data(
     )
 
 
-def _out_of_sample(data, run, candidate, cv, seed, oof) -> dict[str, np.ndarray]:
+def _out_of_sample(data, run, candidate, cv, seed, oof, n_jobs) -> dict[str, np.ndarray]:
     n_classes = len(data.classes)
     proba = {s: np.full((len(y), n_classes), np.nan, np.float32) for s, y in data.y.items()}
     for fold in run.folds:
         proba[fold.test_split][fold.test_rows] = fold.proba
     if oof and data.protocol != "nested-cv":
-        fitter = _Fitter(data)
+        fitter = _Fitter(data, n_jobs)
         fold = run.folds[0]
         params = candidate.grid[fold.best(0)[0]]
         splits = list(fold.fit_rows)  # train, and validation if any
@@ -728,19 +843,43 @@ def _out_of_sample(data, run, candidate, cv, seed, oof) -> dict[str, np.ndarray]
         if data.groups is not None and all(s in data.groups for s in splits):
             groups = np.concatenate([data.groups[s] for s in splits])
         n = check_outer_folds(y, min(cv, _smallest(y)), data.classes) if len(y) else 0
-        for train, held in outer_folds(y, n, seed, groups):
-            rows = {
-                s: np.asarray([where[i][1] for i in train if where[i][0] == s], np.int64)
+
+        def rows_of(index: np.ndarray) -> dict[str, np.ndarray]:
+            return {
+                s: np.asarray([where[i][1] for i in index if where[i][0] == s], np.int64)
                 for s in splits
             }
-            model = fitter.fit(0, candidate, params, rows)
-            for s in splits:
-                out = np.asarray([where[i][1] for i in held if where[i][0] == s], np.int64)
-                if len(out):
-                    proba[s][out] = _proba(
-                        model, fitter.features_of(model, candidate, s, out), n_classes
-                    )
+
+        parts = [(rows_of(train), rows_of(held)) for train, held in outer_folds(y, n, seed, groups)]
+        done = fitter.map(lambda part: fitter.fit_predict(0, candidate, params, *part)[1], parts)
+        for (_, held), held_proba in zip(parts, done, strict=True):
+            start = 0
+            for s, out in held.items():
+                proba[s][out] = held_proba[start : start + len(out)]
+                start += len(out)
     return proba
+
+
+def resolve_jobs(n_jobs: int | None) -> int:
+    """How many threads fit heads: ``None`` or ``-1`` means one per CPU this process may use.
+
+    Examples
+    --------
+    >>> from featx.learning import resolve_jobs
+    >>> resolve_jobs(3), resolve_jobs(None) >= 1
+    (3, True)
+    """
+    if n_jobs is None or n_jobs == -1:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(
+            f"n_jobs={n_jobs!r} is not a number of threads. Expected an int >= 1, or None/-1 "
+            "for one per CPU."
+        )
+    return n_jobs
 
 
 def _smallest(y: np.ndarray) -> int:

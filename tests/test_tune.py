@@ -72,21 +72,16 @@ def _record(monkeypatch) -> list[tuple[str, set, set]]:
     """Every prediction: (split, original rows predicted, original rows the model was fitted on)."""
     from featx.learning import _Fitter
 
-    fitted: dict[int, set] = {}
     scored: list[tuple[str, set, set]] = []
-    real_fit, real_features = _Fitter.fit, _Fitter.features_of
+    real_data_for = _Fitter.data_for
 
-    def fit(self, c, cand, params, rows, names=False):
-        model = real_fit(self, c, cand, params, rows, names)
-        fitted[id(model)] = {(s, int(r)) for s, index in rows.items() for r in index}
-        return model
+    def data_for(self, cand, rows, held):
+        trained_on = {(s, int(r)) for s, index in rows.items() for r in index}
+        for split, index in held.items():
+            scored.append((split, {(split, int(r)) for r in index}, trained_on))
+        return real_data_for(self, cand, rows, held)
 
-    def features_of(self, model, cand, split, rows):
-        scored.append((split, {(split, int(r)) for r in rows}, fitted[id(model)]))
-        return real_features(self, model, cand, split, rows)
-
-    monkeypatch.setattr(_Fitter, "fit", fit)
-    monkeypatch.setattr(_Fitter, "features_of", features_of)
+    monkeypatch.setattr(_Fitter, "data_for", data_for)
     return scored
 
 
