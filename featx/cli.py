@@ -339,9 +339,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default=None,
-        help="also write the embeddings: FILE.npz (one file), or a FOLDER written "
-        "row by row (memory-mappable X.npy + meta.npz; for sets larger than "
-        "memory)",
+        help="also write the embeddings: FILE.npz (one file), FILE.parquet (one row per "
+        "image: index, path, label and an embedding vector column, for pandas or Spark; "
+        "needs pyarrow), or a FOLDER written row by row (memory-mappable X.npy + meta.npz; "
+        "for sets larger than memory)",
     )
     p.add_argument(
         "--on-error",
@@ -646,6 +647,12 @@ def _extract(args: argparse.Namespace) -> Result:
     from featx.extract import Extractor
     from featx.sources import resolve_source
 
+    # One file (.npz, .parquet) is written whole at the end; a folder is streamed into.
+    to_file = bool(args.out) and args.out.lower().endswith((".npz", ".parquet"))
+    if to_file and args.out.lower().endswith(".parquet"):
+        from featx.embeddings import parquet_available
+
+        parquet_available()  # before any work: a missing pyarrow is said at once
     extractor = Extractor(
         args.backbone,
         **_network(args),
@@ -657,13 +664,12 @@ def _extract(args: argparse.Namespace) -> Result:
         ray_cpus_per_actor=args.ray_cpus_per_actor,
         ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
-    to_npz = bool(args.out) and args.out.lower().endswith(".npz")
     # Resolved here so that the summary can report the files a folder scan left out.
     images = resolve_source(
         args.source, path_column=args.path_column, label_column=args.label_column
     )
-    embeddings = extractor.extract(images, out=None if to_npz else args.out)
-    if to_npz:
+    embeddings = extractor.extract(images, out=None if to_file else args.out)
+    if to_file:
         embeddings.save(args.out)
     summary = embeddings.summary()
     summary["out"] = args.out
