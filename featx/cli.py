@@ -166,13 +166,28 @@ def parse_backbones(values: list[str] | None) -> list[dict[str, Any]] | None:
 
 
 def _add_head_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--head", default="logreg", choices=HEADS, help="`featx heads` lists them")
+    p.add_argument(
+        "--head",
+        default=None,
+        choices=HEADS,
+        help="`featx heads` lists them (default: logreg, or the head of --params-from)",
+    )
     p.add_argument(
         "--param",
         type=_param,
         action="append",
         default=[],
-        help="a head parameter KEY=VALUE (repeatable), e.g. --param C=10",
+        help="a head parameter KEY=VALUE (repeatable), e.g. --param C=10; given parameters "
+        "are used as they are (no search)",
+    )
+    p.add_argument(
+        "--params-from",
+        metavar="FILE",
+        default=None,
+        help="use the parameters `featx evaluate --json` chose, saved in FILE (no search)",
+    )
+    p.add_argument(
+        "--inner-cv", type=int, default=3, help="folds of the search without validation/"
     )
 
 
@@ -351,8 +366,15 @@ def _parser() -> argparse.ArgumentParser:
         help="skip: leave out an unreadable image, list it in the summary, and go on",
     )
 
-    p = sub.add_parser("train", help="fit an image classifier on a class-per-folder directory")
-    p.add_argument("source", help="a class-per-folder directory")
+    p = sub.add_parser(
+        "train",
+        help="fit an image classifier, its head's parameters chosen as evaluate chooses them",
+    )
+    p.add_argument(
+        "source",
+        help="a class-per-folder directory, or a root with train/ (validation/) test/: "
+        "learns from train/ and validation/, leaves test/ to featx evaluate",
+    )
     p.add_argument("--out", required=True, help="where to write the classifier file")
     _add_head_options(p)
     _add_backbone_options(p, default_weights="imagenet")
@@ -693,26 +715,79 @@ def _extract(args: argparse.Namespace) -> Result:
 
 
 def _train(args: argparse.Namespace) -> Result:
-    from featx.classifier import fit_classifier, save_classifier
+    from featx.classifier import save_classifier, train_classifier
+    from featx.heads import params_text
 
-    model = fit_classifier(
+    head, grid, how = _train_settings(args)
+    trained = train_classifier(
         args.source,
-        head=args.head,
+        head=head,
         head_params=dict(args.param),
+        grid=grid,
+        inner_cv=args.inner_cv,
         backbone=args.backbone,
         **_network(args),
         **_run(args),
     )
+    model = trained.model
     save_classifier(model, args.out)
     size = os.path.getsize(args.out)
-    result = {
-        "out": args.out,
-        "bytes": size,
-        "classes": [str(c) for c in model.classes_],
-        "head": args.head,
-        "backbone": args.backbone,
+    summary = trained.summary()
+    result = {"out": args.out, "bytes": size, "backbone": args.backbone, **summary}
+    scores = [s["score"] for s in trained.search]
+    if trained.selection != "none":
+        how = (
+            f"chose {params_text(trained.params)} by {trained.selection} {trained.score:.4f} "
+            f"(of {len(scores)} settings, {min(scores):.4f}-{max(scores):.4f}), as featx "
+            "evaluate chooses"
+        )
+    how = how or "default parameters"
+    on = " + ".join("all images" if s == "all" else f"{s}/" for s in trained.trained_on)
+    lines = [
+        f"{trained.head}: {how}",
+        f"trained on {on}: {sum(trained.trained_on.values())} images, "
+        f"{len(model.classes_)} classes",
+    ]
+    if trained.held_out:
+        lines.append(
+            f"test/ ({trained.held_out['test']} images) held out: featx evaluate "
+            f"{args.source} scores it"
+        )
+    lines.append(f"wrote {args.out} ({size / 1e6:.2f} MB)")
+    return result, "\n".join(lines)
+
+
+def _train_settings(args: argparse.Namespace) -> tuple[str, Any, str]:
+    """The head, the grid train_classifier chooses from, and what the text says of them."""
+    from featx.heads import params_text
+
+    head = args.head or "logreg"
+    if args.params_from is None:
+        if args.param:
+            return head, None, "parameters given: " + ", ".join(f"{k}={v}" for k, v in args.param)
+        return head, "default", ""
+    if args.param:
+        raise ValueError("--param and --params-from both set parameters; pass one of them.")
+    try:
+        saved = json.loads(Path(args.params_from).read_text())
+        chosen, saved_head = saved["chosen_params"], saved["head"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"--params-from {args.params_from}: expected the JSON that featx evaluate --json "
+            f"prints, with 'head' and 'chosen_params' ({type(exc).__name__}: {exc})."
+        ) from None
+    if args.head is not None and args.head != saved_head:
+        raise ValueError(
+            f"--head {args.head}, but {args.params_from} holds parameters chosen for the "
+            f"{saved_head} head. Leave out --head, or pass --head {saved_head}."
+        )
+    # Nested cross-validation chose once per outer fold: the most frequent choice.
+    fixed = {
+        key: max(value, key=value.count) if isinstance(value, list) else value
+        for key, value in chosen.items()
     }
-    return result, f"wrote {args.out} ({size / 1e6:.2f} MB, {len(model.classes_)} classes)"
+    text = f"parameters from {args.params_from}: {params_text(chosen)}"
+    return saved_head, {key: [value] for key, value in fixed.items()}, text
 
 
 def _predict(args: argparse.Namespace) -> Result:
