@@ -1,4 +1,5 @@
-"""The featx command line: extract, backbones, cache, demo; help, messages, logs, tables."""
+"""The featx command line: extract, backbones, cache; help, messages, logs, tables (the demo:
+test_demo.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,54 +83,6 @@ def test_cache_info_and_clear(image_folder, tmp_path, capsys):
     assert info["fingerprints"][0]["spec"]["backbone"]["architecture"] == "VGG16"
     assert _run_json(capsys, ["cache", "clear", "--cache-dir", cache, "--json"])["cleared"] == 12
     assert _run_json(capsys, ["cache", "info", "--cache-dir", cache, "--json"])["n_vectors"] == 0
-
-
-DEMO = [
-    "demo",
-    "--backbone",
-    "VGG16",
-    "--size",
-    "32",
-    "--heads",
-    "logreg",
-    "--method",
-    "pca",
-    "--quiet",
-    "--json",
-]
-
-
-def test_demo_compares_the_backbone_with_both_baselines(tmp_path, capsys):
-    result = _run_json(capsys, [*DEMO, "--weights", "none", "--cache-dir", str(tmp_path / "c")])
-    assert result["extract"]["n_images"] == 1797  # every split, each image embedded once
-    assert result["extract"]["warm"]["cache_misses"] == 0
-    labels = [row["backbone"] for row in result["rows"]]
-    assert labels == ["VGG16 (random init)", "raw pixels 16x16"]
-    # Even random features and raw pixels carry the digits far above chance (0.1).
-    assert all(row["accuracy"] > 0.8 for row in result["rows"])
-    # It ends with a report of both representations, all 1,797 digits on each map.
-    report = result["report"]
-    assert report["html"] == str(tmp_path / "c" / "demo-report.html")
-    assert Path(report["html"]).stat().st_size > 100_000 and Path(report["png"]).exists()
-    assert [p["label"] for p in report["panels"]] == labels
-    assert all(p["knn_accuracy"] > 0.8 for p in report["panels"])
-
-
-def test_demo_says_clearly_when_imagenet_weights_are_unavailable(tmp_path, capsys, monkeypatch):
-    from keras.src.utils import file_utils
-
-    def offline(*args, **kwargs):
-        raise Exception("URL fetch failure: Name or service not known")
-
-    monkeypatch.setattr(file_utils, "get_file", offline)
-    result = _run_json(capsys, [*DEMO, "--cache-dir", str(tmp_path / "c")])
-    assert result["pretrained"] is None
-    assert "Cannot obtain the ImageNet weights of VGG16" in result["weights_error"]
-    # Never silently swapped: only rows labelled as baselines are shown.
-    assert [row["backbone"] for row in result["rows"]] == [
-        "VGG16 (random weights)",
-        "raw pixels 16x16",
-    ]
 
 
 @pytest.mark.skipif(shutil.which("featx") is None, reason="the featx script is not installed")
