@@ -26,21 +26,28 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featx.results import Result, jsonable
+from featx.splits import INNER_FOLDS
+
 __all__ = [
     "FILE_FORMAT",
     "TRUSTED_TYPES",
+    "Training",
     "fit_classifier",
     "iter_predictions",
     "load_classifier",
     "predict_top_k",
     "read_metadata",
     "save_classifier",
+    "train_classifier",
 ]
 
 #: The classifier file format :func:`save_classifier` writes.
@@ -66,20 +73,233 @@ TRUSTED_TYPES: tuple[str, ...] = (
 )
 
 
+@dataclass
+class Training(Result):
+    """What :func:`train_classifier` did: the classifier, and how its head was set.
+
+    Attributes
+    ----------
+    model : Pipeline(EmbeddingTransformer, head)
+        The fitted classifier; it predicts class names.
+    head : str
+    params : dict
+        The head's parameters that were chosen or given, as pipeline keys (``clf__C``).
+    selection : str
+        ``"validation accuracy"`` or ``"3-fold accuracy"`` (how ``params`` were chosen
+        from the grid, as :func:`featx.evaluate` chooses), or ``"none"`` (one setting).
+    search : list of dict
+        Every setting tried, ``{"params", "score"}`` in grid order.
+    trained_on : dict
+        Images per split the head learned from (``{"train": n, "validation": m}``, or
+        ``{"all": n}`` for one source).
+    held_out : dict
+        Images of a dataset root not trained on (``{"test": k}``): what
+        ``featx evaluate ROOT`` scores.
+    """
+
+    model: Any
+    head: str
+    params: dict[str, Any]
+    selection: str
+    search: list[dict[str, Any]]
+    trained_on: dict[str, int]
+    held_out: dict[str, int]
+
+    @property
+    def score(self) -> float | None:
+        """The chosen setting's selection score (None without a search)."""
+        return next((s["score"] for s in self.search if s["params"] == self.params), None)
+
+    def summary(self) -> dict[str, Any]:
+        return jsonable(
+            {
+                "head": self.head,
+                "params": self.params,
+                "selection": self.selection,
+                "score": self.score,
+                "search": self.search,
+                "classes": [str(c) for c in self.model.classes_],
+                "trained_on": self.trained_on,
+                "held_out": self.held_out,
+            }
+        )
+
+    def to_frame(self) -> Any:
+        """One row per setting tried: its parameters and score."""
+        import pandas as pd
+
+        return pd.DataFrame([{**s["params"], "score": s["score"]} for s in self.search])
+
+
+def train_classifier(
+    source: Any,
+    *,
+    head: str = "logreg",
+    head_params: Mapping[str, Any] | None = None,
+    grid: Mapping[str, Any] | str | None = "default",
+    labels: Sequence[Any] | None = None,
+    inner_cv: int = INNER_FOLDS,
+    seed: int = 0,
+    **extractor_params: Any,
+) -> Training:
+    """Fit ``Pipeline(EmbeddingTransformer(**extractor_params), make_head(head))``, its
+    head's parameters chosen as :func:`featx.evaluate` chooses them.
+
+    Parameters
+    ----------
+    source : path or labelled source
+        A class-per-folder directory (or any labelled source featx reads, with ``labels=``
+        for unlabelled ones), or a dataset root with ``train/``, ``validation/`` (or
+        ``val/``) and ``test/``: then the classifier learns from train (and validation),
+        and test is left for :func:`featx.evaluate`.
+    head, head_params
+        The head kind (:data:`featx.heads.HEADS`) and fixed :func:`~featx.heads.make_head`
+        parameters (``{"C": 10}``).
+    grid : "default", dict or None, default "default"
+        The settings to choose among: the head's default grid, a grid such as
+        ``{"C": [0.1, 1]}`` (one value each: fixed parameters, no search), or None (no
+        search). Chosen on validation where the root has one, else by stratified
+        ``inner_cv``-fold cross-validation; then refitted on every training image.
+    inner_cv, seed
+        Folds of that cross-validation, and their seed.
+    **extractor_params
+        :class:`~featx.EmbeddingTransformer` parameters (``backbone``, ``weights``,
+        ``input_size``, ``cache_dir``, ...). A weights file path is made absolute, so the
+        saved classifier works from any working directory.
+
+    Returns
+    -------
+    Training
+
+    Raises
+    ------
+    ValueError
+        Before any image is read: for unlabelled data, fewer than 2 classes, a validation
+        class the training images lack, or a class with one image where the search needs
+        cross-validation. A class with one image otherwise only warns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.classifier import train_classifier
+    >>> rng = np.random.default_rng(0)
+    >>> images = np.concatenate([rng.integers(0, 60, (6, 40, 40, 3)),
+    ...                          rng.integers(190, 255, (6, 40, 40, 3))]).astype(np.uint8)
+    >>> trained = train_classifier(images, labels=["dark"] * 6 + ["light"] * 6, backbone="VGG16",
+    ...                            weights=None, input_size=32, cache_dir=None, verbose=False)
+    >>> trained.selection, sorted(trained.params), trained.trained_on
+    ('3-fold accuracy', ['clf__C'], {'all': 12})
+    >>> trained.model.predict(images[:1]).tolist()
+    ['dark']
+    """
+    from sklearn.pipeline import make_pipeline
+
+    from featx.heads import default_grid, make_head, resolve_grid
+    from featx.learning import Features, LearningData, select_and_fit
+    from featx.sources import resolve_source
+    from featx.splits import split_layout, training_splits
+    from featx.transformer import EmbeddingTransformer
+
+    folders = None if labels is not None else training_splits(source)
+    parts = {"all": source} if folders is None else folders
+    images = {split: resolve_source(part, labels=labels) for split, part in parts.items()}
+    held_out = {}
+    if folders is not None and (root := split_layout(source)) is not None:
+        held_out = {"test": len(resolve_source(root.sources["test"]))}
+    estimator = make_head(head, **(head_params or {}))
+    if grid == "default":
+        grid = default_grid(head)
+    resolved = resolve_grid(estimator, grid or {})
+    settings = int(np.prod([len(v) for v in resolved.values()]))
+    classes = _check_trainable(images, source, cross_validated=settings > 1 and len(images) == 1)
+
+    weights = extractor_params.get("weights")
+    if isinstance(weights, (str, os.PathLike)) and weights != "imagenet":
+        extractor_params["weights"] = str(Path(weights).resolve())
+    transformer = EmbeddingTransformer(**extractor_params)
+    inputs = {s: i.inputs if i.are_files else np.stack(i.inputs) for s, i in images.items()}
+    transformer.fit(next(iter(inputs.values())))
+    position = {name: i for i, name in enumerate(classes)}
+    y = {
+        split: np.asarray([position[part.classes[c]] for c in part.y], dtype=np.int64)
+        for split, part in images.items()
+    }
+    X = {split: transformer.embed(rows).X for split, rows in inputs.items()}
+    data = LearningData("train", classes, y, {"X": Features(X)})
+    chosen = select_and_fit(data, estimator, resolved, inner_cv=inner_cv, seed=seed, names=True)
+    return Training(
+        model=make_pipeline(transformer, chosen.model),
+        head=head,
+        params=chosen.params,
+        selection=chosen.selection,
+        search=[{"params": p, "score": v} for p, v in zip(chosen.grid, chosen.scores, strict=True)],
+        trained_on={split: len(rows) for split, rows in y.items()},
+        held_out=held_out,
+    )
+
+
+def _check_trainable(images: dict[str, Any], source: Any, *, cross_validated: bool) -> list[str]:
+    """The classes to learn, or a clear error before any image is read."""
+    where = f"{str(source)!r}" if isinstance(source, (str, os.PathLike)) else "the source"
+    for split, part in images.items():
+        if part.y is None or part.classes is None:
+            raise ValueError(
+                f"Training needs labels, and {where if split == 'all' else f'{split}/'} has "
+                "none: pass a class-per-folder directory (root/<class>/<image>), a DataFrame "
+                "with a label column, or labels=."
+            )
+    first = next(iter(images.values()))
+    per_class = np.bincount(first.y, minlength=len(first.classes))
+    counts = {name: int(n) for name, n in zip(first.classes, per_class, strict=True) if n}
+    validation = images.get("validation")
+    if validation is not None:
+        extra = sorted({validation.classes[c] for c in validation.y} - set(counts))
+        if extra:
+            raise ValueError(
+                f"validation/ of {where} has class(es) {extra} that train/ lacks (train/ has "
+                f"{sorted(counts)}). A classifier cannot learn a class it never sees: add "
+                "training images of them, or leave them out of validation/."
+            )
+    if len(counts) < 2:
+        found = ", ".join(f"{name!r} ({n} images)" for name, n in counts.items()) or "none"
+        raise ValueError(
+            f"A classifier needs at least 2 classes; {where} has {len(counts)}: {found}. Put "
+            "each class's images in its own subfolder (root/<class>/<image>)."
+        )
+    name, count = min(counts.items(), key=lambda item: item[1])
+    if count < 2:
+        if cross_validated:
+            raise ValueError(
+                f"Class {name!r} has 1 image, and choosing the head's parameters by "
+                "cross-validation needs at least 2 of every class. Add images of it, or give "
+                "the head's parameters (head_params=) to fit without a search."
+            )
+        warnings.warn(
+            f"Class {name!r} has only 1 training image: the classifier learns it from that "
+            "one example.",
+            stacklevel=3,
+        )
+    return sorted(counts)
+
+
 def fit_classifier(
     source: Any,
     *,
     head: str = "logreg",
     head_params: dict[str, Any] | None = None,
     labels: list[Any] | None = None,
+    grid: Mapping[str, Any] | str | None = None,
     **extractor_params: Any,
 ):
-    """Fit ``Pipeline(EmbeddingTransformer(**extractor_params), make_head(head))``.
+    """Fit ``Pipeline(EmbeddingTransformer(**extractor_params), make_head(head))``:
+    :func:`train_classifier`'s model, without a search by default.
 
     ``source`` is a class-per-folder directory (or any labelled source featx reads, with
-    ``labels=`` for unlabelled ones). Labels are class names, so the fitted pipeline
-    predicts names. A weights file path is made absolute, so the saved classifier works
-    from any working directory.
+    ``labels=`` for unlabelled ones), or a dataset root with ``train/`` (learned from,
+    with ``validation/``) and ``test/`` (left out). Labels are class names, so the fitted
+    pipeline predicts names. ``grid="default"`` chooses the head's parameters as
+    :func:`featx.evaluate` does. A weights file path is made absolute, so the saved
+    classifier works from any working directory.
 
     Examples
     --------
@@ -93,27 +313,9 @@ def fit_classifier(
     >>> model.predict(images[:1]).tolist()
     ['dark']
     """
-    from sklearn.pipeline import make_pipeline
-
-    from featx.heads import make_head
-    from featx.sources import resolve_source
-    from featx.transformer import EmbeddingTransformer
-
-    images = resolve_source(source, labels=labels)
-    if images.y is None or images.classes is None:
-        raise ValueError(
-            "fit_classifier needs labels: pass a class-per-folder directory, a DataFrame with "
-            "a label column, or labels=."
-        )
-    weights = extractor_params.get("weights")
-    if isinstance(weights, (str, os.PathLike)) and weights != "imagenet":
-        extractor_params["weights"] = str(Path(weights).resolve())
-    names = np.asarray(images.classes, dtype=object)[images.y]
-    inputs = images.inputs if images.are_files else np.stack(images.inputs)
-    pipeline = make_pipeline(
-        EmbeddingTransformer(**extractor_params), make_head(head, **(head_params or {}))
-    )
-    return pipeline.fit(inputs, names)
+    return train_classifier(
+        source, head=head, head_params=head_params, grid=grid, labels=labels, **extractor_params
+    ).model
 
 
 def save_classifier(model: Any, path: str | os.PathLike, *, trusted: Sequence[str] = ()) -> None:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
+import functools
+import importlib.abc
+import importlib.util
 import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from featx.demo import FLOWERS_URL
 from featx.exporting import EXPORT_FORMATS
 from featx.heads import HEAD_KINDS, HEADS, grid_key
 
-__all__ = ["main", "parse_backbone_spec", "parse_backbones"]
+__all__ = ["flag_wording", "main", "parse_backbone_spec", "parse_backbones"]
 
 # Keys of the per-backbone syntax NAME[:key=value]... (see parse_backbone_spec).
 SPEC_KEYS = ("weights", "size", "layer", "pooling", "label", "seed")
@@ -161,13 +167,28 @@ def parse_backbones(values: list[str] | None) -> list[dict[str, Any]] | None:
 
 
 def _add_head_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--head", default="logreg", choices=HEADS, help="`featx heads` lists them")
+    p.add_argument(
+        "--head",
+        default=None,
+        choices=HEADS,
+        help="`featx heads` lists them (default: logreg, or the head of --params-from)",
+    )
     p.add_argument(
         "--param",
         type=_param,
         action="append",
         default=[],
-        help="a head parameter KEY=VALUE (repeatable), e.g. --param C=10",
+        help="a head parameter KEY=VALUE (repeatable), e.g. --param C=10; given parameters "
+        "are used as they are (no search)",
+    )
+    p.add_argument(
+        "--params-from",
+        metavar="FILE",
+        default=None,
+        help="use the parameters `featx evaluate --json` chose, saved in FILE (no search)",
+    )
+    p.add_argument(
+        "--inner-cv", type=int, default=3, help="folds of the search without validation/"
     )
 
 
@@ -191,16 +212,26 @@ def _add_backbone_options(
             default=None,
             help="input size N or HxW; N,M (or N+M) embeds at each size and concatenates",
         )
-        p.add_argument("--pooling", choices=POOLINGS, default="avg")
+        p.add_argument(
+            "--pooling",
+            choices=POOLINGS,
+            default="avg",
+            help="global pooling of the feature map; avg+max concatenates both",
+        )
     p.add_argument("--layer", default=None, help="embed this layer instead of the last block")
-    p.add_argument("--resize", choices=RESIZES, default="stretch")
+    p.add_argument(
+        "--resize",
+        choices=RESIZES,
+        default="stretch",
+        help="how images reach the input size: stretched, or centre-cropped to its shape",
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="float32",
         help="compute precision: bfloat16 for CPUs with AVX512-BF16, float16 for GPUs",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of --weights none")
     p.add_argument(
         "--cache-dir",
@@ -237,10 +268,52 @@ def _add_backbones_option(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, where it says something: not for flags,
+    options without one, or help texts that already explain theirs."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _shows_default(action) and "default" not in text.lower():
+            text += " (default: %(default)s)"
+        return text
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    default = action.default
+    return bool(action.option_strings) and default not in (None, False, [], argparse.SUPPRESS)
+
+
+def _version() -> str:
+    """featx's version and the versions that decide its vectors, without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from featx import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    others = ", ".join(f"{name} {installed(name)}" for name in ("keras", "tensorflow"))
+    return f"featx {__version__} (Python {sys.version.split()[0]}, {others})"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="featx", description="Frozen pretrained Keras CNNs as cached feature extractors."
+        prog="featx",
+        description="Frozen pretrained Keras CNNs as cached feature extractors.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="embed a folder or list of images into the cache")
@@ -272,20 +345,37 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="copies of the network on the cluster (default: one per CPU)",
     )
-    p.add_argument("--ray-cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
+    p.add_argument(
+        "--ray-cpus-per-actor", type=float, default=1.0, help="CPUs each copy of the network holds"
+    )
+    p.add_argument(
+        "--ray-gpus-per-actor", type=float, default=0.0, help="GPUs each copy of the network holds"
+    )
     _add_backbone_options(p, default_weights="imagenet")
     p.add_argument(
         "--out",
         default=None,
-        help="also write the embeddings: FILE.npz (one file), or a FOLDER written "
-        "row by row (memory-mappable X.npy + meta.npz; for sets larger than "
-        "memory)",
+        help="also write the embeddings: FILE.npz (one file), FILE.parquet (one row per "
+        "image: index, path, label and an embedding vector column, for pandas or Spark; "
+        "needs pyarrow), or a FOLDER written row by row (memory-mappable X.npy + meta.npz; "
+        "for sets larger than memory)",
     )
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="skip: leave out an unreadable image, list it in the summary, and go on",
+    )
 
-    p = sub.add_parser("train", help="fit an image classifier on a class-per-folder directory")
-    p.add_argument("source", help="a class-per-folder directory")
+    p = sub.add_parser(
+        "train",
+        help="fit an image classifier, its head's parameters chosen as evaluate chooses them",
+    )
+    p.add_argument(
+        "source",
+        help="a class-per-folder directory, or a root with train/ (validation/) test/: "
+        "learns from train/ and validation/, leaves test/ to featx evaluate",
+    )
     p.add_argument("--out", required=True, help="where to write the classifier file")
     _add_head_options(p)
     _add_backbone_options(p, default_weights="imagenet")
@@ -297,7 +387,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         help="image files, folders (class folders are read as true labels) or manifests",
     )
-    p.add_argument("--top", type=int, default=3)
+    p.add_argument(
+        "--top", type=int, default=3, help="classes shown per image, most probable first"
+    )
     p.add_argument(
         "--csv",
         metavar="FILE",
@@ -327,7 +419,7 @@ def _parser() -> argparse.ArgumentParser:
         help="load a format-1 classifier file (a pickle: it can run code; only for a file "
         "from a source you trust)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = sub.add_parser("export", help="write a classifier as one Keras / SavedModel / TFLite model")
     p.add_argument("model", help="a classifier file written by `featx train`")
@@ -350,7 +442,12 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="test-time views averaged: none | flip | crop | flip+crop",
         )
-        p.add_argument("--tta-combine", choices=("mean", "concat"), default="mean")
+        p.add_argument(
+            "--tta-combine",
+            choices=("mean", "concat"),
+            default="mean",
+            help="average the views' embeddings, or concatenate them",
+        )
         p.add_argument(
             "--augment",
             type=int,
@@ -366,7 +463,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--heads",
                 type=_heads,
-                default=["logreg"],
+                default="logreg",
                 help=f"comma-separated, from {', '.join(HEADS)}",
             )
             p.add_argument(
@@ -389,8 +486,10 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated layers of the first backbone, one panel each "
         "('last' is its last block)",
     )
-    p.add_argument("--method", choices=("umap", "pca", "tsne"), default="umap")
-    p.add_argument("--out", default="report.html", help="the HTML page (default report.html)")
+    p.add_argument(
+        "--method", choices=("umap", "pca", "tsne"), default="umap", help="projection of the maps"
+    )
+    p.add_argument("--out", default="report.html", help="the HTML page")
     p.add_argument("--png", default=None, help="also write the figure as PNG")
     p.add_argument("--svg", default=None, help="also write the figure as SVG")
     p.add_argument(
@@ -417,7 +516,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add a 'Data issues' section: featx audit on the first backbone's embeddings",
     )
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="the page's title (default: the source's name)")
     p.add_argument(
         "--max-points",
         type=int,
@@ -435,19 +534,19 @@ def _parser() -> argparse.ArgumentParser:
         "--sizes",
         type=_arg_type(_sizes_space, "--sizes"),
         default="160,224,160+224",
-        help="input sizes to try; + concatenates (default 160,224,160+224)",
+        help="input sizes to try; + concatenates",
     )
-    p.add_argument("--tta", default="none,flip", help="views to try (default none,flip)")
+    p.add_argument("--tta", default="none,flip", help="views to try")
     p.add_argument("--poolings", default="avg,avg+max", help="poolings to try")
     p.add_argument(
         "--augment",
         default="0",
-        help="augmented copies per training image to try, e.g. 0,2 (default 0)",
+        help="augmented copies per training image to try, e.g. 0,2",
     )
     p.add_argument(
         "--heads",
         type=_heads,
-        default=["logreg", "svm"],
+        default="logreg,svm",
         help=f"heads to try, from {', '.join(HEADS)}",
     )
     p.add_argument(
@@ -468,14 +567,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heads",
         type=_heads,
-        default=["logreg"],
+        default="logreg",
         help="heads whose out-of-sample probabilities are averaged, comma-separated",
     )
     p.add_argument(
         "--near-threshold",
         type=int,
         default=None,
-        help="hash bits (of 64) within which images are near-duplicates (default 4)",
+        help="hash bits (of 64) within which images are near-duplicates (default: 4)",
     )
     p.add_argument(
         "--no-search",
@@ -493,14 +592,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similar", help="the nearest images of each query, from the cache")
     p.add_argument("queries", nargs="+", help="image files to look up")
     p.add_argument("--in", dest="source", required=True, help="the images searched")
-    p.add_argument("-k", type=int, default=8, help="neighbours per query (default 8)")
+    p.add_argument("-k", type=int, default=8, help="neighbours per query")
     _add_backbone_options(p, default_weights="imagenet")
 
     p = sub.add_parser("backbones", help="list the registry")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = sub.add_parser("heads", help="list the heads: kinds, what they are, their grids")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = sub.add_parser("cache", help="show, check or clear the embedding cache")
     p.add_argument("action", choices=("info", "verify", "clear"))
@@ -510,19 +609,36 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="cache folder (default $FEATX_CACHE_DIR or ./cache)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
-    p = sub.add_parser("demo", help="the first thing to run: extract, cache and classify")
+    p = sub.add_parser(
+        "demo",
+        help="the first thing to run: pretrained features against baselines, on photos",
+    )
     p.add_argument(
         "--data",
         default=None,
-        help="a root with train/ validation/ test/, or a class-per-folder directory "
-        "(default: scikit-learn's digits)",
+        help="your photos: a class-per-folder directory (split 60/20/20) or a root with "
+        "train/ validation/ test/ (default: Keras' flower photos, downloaded once; offline, "
+        "scikit-learn's digits)",
+    )
+    p.add_argument(
+        "--data-url",
+        default=FLOWERS_URL,
+        metavar="URL",
+        help="where the flower photos archive is downloaded from (a mirror; file:// works)",
+    )
+    p.add_argument(
+        "--weights-url",
+        default=None,
+        metavar="URL",
+        help="where MobileNetV2's ImageNet weights are downloaded from (default: Keras' own "
+        "file for the input size)",
     )
     p.add_argument(
         "--heads",
         type=_heads,
-        default=["logreg", "svm", "mlp"],
+        default="logreg,svm,mlp",
         help="comma-separated heads to compare",
     )
     p.add_argument(
@@ -532,7 +648,17 @@ def _parser() -> argparse.ArgumentParser:
         help="projection of the report's maps",
     )
     _add_backbone_options(p, default_weights="imagenet")
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
+        command.set_defaults(command_parser=command)  # whose options errors are worded in
+        # Also after the subcommand (featx demo -v); SUPPRESS keeps a -v given before it.
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+        )
     return parser
+
+
+_VERBOSE_HELP = "show TensorFlow's start-up log (hidden by default)"
 
 
 Result = tuple[dict[str, Any], str]
@@ -561,6 +687,12 @@ def _extract(args: argparse.Namespace) -> Result:
     from featx.extract import Extractor
     from featx.sources import resolve_source
 
+    # One file (.npz, .parquet) is written whole at the end; a folder is streamed into.
+    to_file = bool(args.out) and args.out.lower().endswith((".npz", ".parquet"))
+    if to_file and args.out.lower().endswith(".parquet"):
+        from featx.embeddings import parquet_available
+
+        parquet_available()  # before any work: a missing pyarrow is said at once
     extractor = Extractor(
         args.backbone,
         **_network(args),
@@ -572,13 +704,12 @@ def _extract(args: argparse.Namespace) -> Result:
         ray_cpus_per_actor=args.ray_cpus_per_actor,
         ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
-    to_npz = bool(args.out) and args.out.lower().endswith(".npz")
     # Resolved here so that the summary can report the files a folder scan left out.
     images = resolve_source(
         args.source, path_column=args.path_column, label_column=args.label_column
     )
-    embeddings = extractor.extract(images, out=None if to_npz else args.out)
-    if to_npz:
+    embeddings = extractor.extract(images, out=None if to_file else args.out)
+    if to_file:
         embeddings.save(args.out)
     summary = embeddings.summary()
     summary["out"] = args.out
@@ -602,26 +733,79 @@ def _extract(args: argparse.Namespace) -> Result:
 
 
 def _train(args: argparse.Namespace) -> Result:
-    from featx.classifier import fit_classifier, save_classifier
+    from featx.classifier import save_classifier, train_classifier
+    from featx.heads import params_text
 
-    model = fit_classifier(
+    head, grid, how = _train_settings(args)
+    trained = train_classifier(
         args.source,
-        head=args.head,
+        head=head,
         head_params=dict(args.param),
+        grid=grid,
+        inner_cv=args.inner_cv,
         backbone=args.backbone,
         **_network(args),
         **_run(args),
     )
+    model = trained.model
     save_classifier(model, args.out)
     size = os.path.getsize(args.out)
-    result = {
-        "out": args.out,
-        "bytes": size,
-        "classes": [str(c) for c in model.classes_],
-        "head": args.head,
-        "backbone": args.backbone,
+    summary = trained.summary()
+    result = {"out": args.out, "bytes": size, "backbone": args.backbone, **summary}
+    scores = [s["score"] for s in trained.search]
+    if trained.selection != "none":
+        how = (
+            f"chose {params_text(trained.params)} by {trained.selection} {trained.score:.4f} "
+            f"(of {len(scores)} settings, {min(scores):.4f}-{max(scores):.4f}), as featx "
+            "evaluate chooses"
+        )
+    how = how or "default parameters"
+    on = " + ".join("all images" if s == "all" else f"{s}/" for s in trained.trained_on)
+    lines = [
+        f"{trained.head}: {how}",
+        f"trained on {on}: {sum(trained.trained_on.values())} images, "
+        f"{len(model.classes_)} classes",
+    ]
+    if trained.held_out:
+        lines.append(
+            f"test/ ({trained.held_out['test']} images) held out: featx evaluate "
+            f"{args.source} scores it"
+        )
+    lines.append(f"wrote {args.out} ({size / 1e6:.2f} MB)")
+    return result, "\n".join(lines)
+
+
+def _train_settings(args: argparse.Namespace) -> tuple[str, Any, str]:
+    """The head, the grid train_classifier chooses from, and what the text says of them."""
+    from featx.heads import params_text
+
+    head = args.head or "logreg"
+    if args.params_from is None:
+        if args.param:
+            return head, None, "parameters given: " + ", ".join(f"{k}={v}" for k, v in args.param)
+        return head, "default", ""
+    if args.param:
+        raise ValueError("--param and --params-from both set parameters; pass one of them.")
+    try:
+        saved = json.loads(Path(args.params_from).read_text())
+        chosen, saved_head = saved["chosen_params"], saved["head"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"--params-from {args.params_from}: expected the JSON that featx evaluate --json "
+            f"prints, with 'head' and 'chosen_params' ({type(exc).__name__}: {exc})."
+        ) from None
+    if args.head is not None and args.head != saved_head:
+        raise ValueError(
+            f"--head {args.head}, but {args.params_from} holds parameters chosen for the "
+            f"{saved_head} head. Leave out --head, or pass --head {saved_head}."
+        )
+    # Nested cross-validation chose once per outer fold: the most frequent choice.
+    fixed = {
+        key: max(value, key=value.count) if isinstance(value, list) else value
+        for key, value in chosen.items()
     }
-    return result, f"wrote {args.out} ({size / 1e6:.2f} MB, {len(model.classes_)} classes)"
+    text = f"parameters from {args.params_from}: {params_text(chosen)}"
+    return saved_head, {key: [value] for key, value in fixed.items()}, text
 
 
 def _predict(args: argparse.Namespace) -> Result:
@@ -782,7 +966,7 @@ def _compare(args: argparse.Namespace) -> Result:
     )
     if args.csv:
         result.table.to_csv(args.csv, index=False)
-    return {**result.summary(), "csv": args.csv}, result.table.to_string(index=False)
+    return {**result.summary(), "csv": args.csv}, result.text()
 
 
 def _report(args: argparse.Namespace) -> Result:
@@ -849,18 +1033,33 @@ def _tune(args: argparse.Namespace) -> Result:
         batch_size=args.batch_size,
         seed=network["seed"],
         verbose=False,
-        log=None if args.quiet or args.json else print,
+        # Progress on stderr: stdout carries the table (or --json's one object).
+        log=None if args.quiet else functools.partial(print, file=sys.stderr, flush=True),
     )
     if args.csv:
         found.results.to_csv(args.csv, index=False)
-    columns = ["name", "params", "score", "outer_accuracy", "dim", "ms_per_image"]
-    table = found.results[columns].to_string(index=False)
+    from featx.heads import params_text
+    from featx.results import text_table
+
+    rows = [
+        {**row, "params": params_text(json.loads(row["params"]))}
+        for row in found.results.to_dict(orient="records")
+    ]
+    columns = [
+        ("name", "configuration", ""),
+        ("params", "params", ""),
+        ("score", "score", ".4f"),
+        ("outer_accuracy", "outer acc.", ".4f"),
+        ("dim", "dim", "d"),
+        ("ms_per_image", "ms/image", ".2f"),
+    ]
+    table = text_table(rows, columns)
     score = "mean outer-fold accuracy" if found.protocol == "nested-cv" else "test accuracy"
     text = (
         f"{table}\n{found.protocol}: {score} of the tuned pipeline {found.accuracy:.4f} "
         f"(baseline {found.results['name'].iloc[0]}: {found.baseline_accuracy:.4f}); "
         f"chosen: {found.results.loc[found.results['best'], 'name'].iloc[0]} "
-        f"{found.best['params']}"
+        f"{params_text(found.best['params'])}"
     )
     return {**found.summary(), "csv": args.csv}, text
 
@@ -1037,9 +1236,11 @@ def _demo(args: argparse.Namespace) -> Result:
         backbone=args.backbone,
         **_network(args),
         **_run(args),
-        log=(lambda _: None) if args.json else print,
+        log=(lambda _: None) if args.json else functools.partial(print, flush=True),
+        data_url=args.data_url,
+        weights_url=args.weights_url,
     )
-    return result, f"summary: {result['summary']}"
+    return result, ""  # the demo has told its story as it went
 
 
 _COMMANDS = {
@@ -1060,23 +1261,166 @@ _COMMANDS = {
 }
 
 
+# Python parameters spelt differently on the command line: parameter -> the flag's dest.
+_PARAMETER_DESTS = {
+    "input_size": "size",
+    "chunk_size": "chunk",
+    "head_params": "param",
+    "trusted": "trust",
+}
+_VALUE = r"""None|True|False|'[^']*'|"[^"]*"|\(\d+, \d+\)|[\w.+/:-]+"""
+_NAMED = re.compile(rf"(?<![\w.-])(?P<name>[a-z_]+)(?P<op>>=|=)(?P<value>{_VALUE})?")
+_CALL = re.compile(r"[\w.]+\([^()]*\)")
+
+
+def flag_wording(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with the Python parameters it names spelt as ``parser``'s options:
+    ``weights=None`` -> ``--weights none``, ``on_error="skip"`` -> ``--on-error skip``,
+    ``source=`` -> ``SOURCE``. A call spelt out (``load_classifier(path, trust_pickle=True)``)
+    stays Python, and so does a parameter the command has no option for.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser(prog="featx evaluate")
+    >>> _ = parser.add_argument("source", nargs="?")
+    >>> _ = parser.add_argument("--test")
+    >>> _ = parser.add_argument("--weights", type=_none_or)
+    >>> flag_wording("Both source= and test= were given; or pass weights=None.", parser)
+    'Both SOURCE and --test were given; or pass --weights none.'
+    """
+    options: dict[str, tuple[str, argparse.Action]] = {}
+    for action in parser._actions:
+        if action.option_strings:
+            options[action.dest] = (max(action.option_strings, key=len), action)
+        elif action.dest != "help":
+            options[action.dest] = (str(action.metavar or action.dest.upper()), action)
+    for name, dest in _PARAMETER_DESTS.items():
+        if dest in options:
+            options.setdefault(name, options[dest])
+
+    def spelt(match: re.Match) -> str:
+        if match["name"] not in options:
+            return match[0]
+        flag, action = options[match["name"]]
+        value = match["value"]
+        if value is None:
+            return flag
+        if match["op"] == ">=":
+            return f"{flag} {value} or more"
+        if value == "None":
+            return f"{flag} none" if action.type is _none_or else f"no {flag}"
+        if value == "True" and action.nargs == 0:
+            return flag
+        value = re.sub(r"^\((\d+), (\d+)\)$", r"\1x\2", value.strip("'\""))
+        return f"{flag} {value}"
+
+    parts, start = [], 0
+    for call in _CALL.finditer(message):
+        parts += [_NAMED.sub(spelt, message[start : call.start()]), call[0]]
+        start = call.end()
+    return "".join([*parts, _NAMED.sub(spelt, message[start:])])
+
+
+def _error_text(exc: BaseException, args: argparse.Namespace) -> str:
+    """What the command line says of an error: in its own options' words."""
+    parser = args.command_parser
+    reason = getattr(exc, "reason", None)  # a DecodeError
+    if reason is not None and not hasattr(args, "on_error"):
+        # This command cannot skip images: the fix is in the file.
+        return (
+            f"Cannot decode {exc.name}: {reason}. Remove or replace the file (featx extract "
+            "SOURCE --on-error skip lists every file that cannot be read)."
+        )
+    return flag_wording(str(exc), parser)
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow, when something first imports it, with its start-up log held back.
+
+    TensorFlow 2.21 logs through absl before absl is initialised, so TF_CPP_MIN_LOG_LEVEL
+    does not reach those lines: each of its two libraries prints "All log messages before
+    absl::InitializeLog() ...", oneDNN's notice and "Could not find cuda drivers", and
+    the first device listing "failed call to cuInit ... (303)" on a machine without a GPU.
+    Only the import and that listing are held back (stderr's file descriptor, where the C++
+    code writes), and shown after all if the import fails. The import stays lazy, so
+    commands that fail on their arguments still fail at once.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; the real finders do the finding
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with _stderr_held_back():
+            self.loader.exec_module(module)
+            module.config.list_physical_devices()  # where CUDA is probed (cuInit)
+        module.get_logger().setLevel("ERROR")
+
+
+@contextlib.contextmanager
+def _stderr_held_back() -> Iterator[None]:
+    """What is written to file descriptor 2 inside, dropped; replayed if it raises."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``featx`` command; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
     args = _parser().parse_args(argv)
+    if not args.verbose:
+        # Only the command is quietened: featx's library leaves TensorFlow's logging alone.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlow) for f in sys.meta_path
+        ):
+            sys.meta_path.insert(0, _QuietTensorFlow())
     as_json = getattr(args, "json", False)
+    wording = functools.partial(flag_wording, parser=args.command_parser)
     try:
         # With --json, stdout carries exactly one JSON object: anything else printed during
         # the run (Keras' download progress, for one) goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with (
+            contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(),
+            warnings.catch_warnings(),
+        ):
+            show = warnings.showwarning
+            warnings.showwarning = lambda message, *where, **kw: show(
+                wording(str(message)), *where, **kw
+            )
             result, text = _COMMANDS[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
-        message = str(exc)
-        if getattr(exc, "reason", None) is not None:  # a DecodeError: the CLI's own option
-            message = message.replace('Pass on_error="skip"', "Pass --on-error skip")
-        print(f"featx {args.command}: error: {message}", file=sys.stderr)
+        print(f"featx {args.command}: error: {_error_text(exc, args)}", file=sys.stderr)
         return 1
-    print(json.dumps(result, ensure_ascii=True) if as_json else text)
+    if as_json or text:
+        print(json.dumps(result, ensure_ascii=True) if as_json else text)
     failed_check = args.command == "cache" and args.action == "verify" and not result["ok"]
     return 1 if failed_check else 0
 

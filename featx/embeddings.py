@@ -4,9 +4,11 @@ Everything after extraction (heads, evaluation, projection, reports, audits) tak
 :class:`Embeddings`: the vectors of a set of images in input order, with their labels,
 paths, failures and the fingerprint of the network that made them.
 
-Files. :meth:`Embeddings.save` writes one ``.npz`` (readable by plain ``np.load``), or a
-folder holding ``X.npy`` (memory-mappable) and ``meta.npz`` (everything else), which is
-also what ``Extractor.extract(out=FOLDER)`` streams into. Both are read by
+Files. :meth:`Embeddings.save` writes one ``.npz`` (readable by plain ``np.load``), a
+``.parquet`` table (one row per image: ``index``, ``path``, ``label`` and an ``embedding``
+vector column, for pandas, Spark or DuckDB; needs pyarrow), or a folder holding ``X.npy``
+(memory-mappable) and ``meta.npz`` (everything else), which is also what
+``Extractor.extract(out=FOLDER)`` streams into. All three are read by
 :meth:`Embeddings.load`.
 
 Sets larger than memory. A million 1280-d float32 embeddings take 5.1 GB.
@@ -52,11 +54,12 @@ __all__ = [
     "NpyRowWriter",
     "check_labelled",
     "iter_chunks",
+    "parquet_available",
     "release",
 ]
 
 
-@dataclass
+@dataclass(repr=False)
 class Embeddings:
     """The result of an extraction, rows in input order.
 
@@ -98,6 +101,31 @@ class Embeddings:
 
     def __len__(self) -> int:
         return len(self.X)
+
+    def __repr__(self) -> str:
+        """One line: shape, classes, fingerprint (``print`` shows it too), never every row.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from featx.embeddings import Embeddings
+        >>> labels = [str(i % 12) for i in range(300)]
+        >>> Embeddings.from_arrays(np.zeros((300, 8), np.float32), labels)
+        Embeddings(300 x 8 float32, 12 classes ['0', '1', '10', ..., '9'])
+        """
+        X = self.X
+        parts = [f"{len(X)} x {X.shape[1] if X.ndim == 2 else '?'} {X.dtype}"]
+        if isinstance(X, np.memmap):
+            parts[0] += " memory-mapped"
+        if self.classes is not None:
+            names = [repr(c) for c in self.classes]
+            shown = names if len(names) <= 4 else [*names[:3], "...", names[-1]]
+            parts.append(f"{len(names)} classes [{', '.join(shown)}]")
+        if self.fingerprint:
+            parts.append(f"fingerprint {self.fingerprint[:12]}")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     @property
     def dim(self) -> int:
@@ -221,27 +249,49 @@ class Embeddings:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write to ``path``: one ``.npz`` file, or a folder that can be memory-mapped.
+        """Write to ``path``: one ``.npz`` or ``.parquet`` file, or a folder that can be
+        memory-mapped.
 
-        A path ending in ``.npz`` gets one file (readable by plain ``np.load`` too). Any
-        other path is a folder holding ``X.npy`` (the vectors, readable with
+        A path ending in ``.npz`` gets one file (readable by plain ``np.load`` too). A path
+        ending in ``.parquet`` gets a table with one row per image, for pandas, Spark or
+        DuckDB: ``index`` (the row's position in the source), ``path`` (where inputs are
+        files), ``label`` (the class name, where labelled) and ``embedding`` (a
+        fixed-size list of float32); the fingerprint, spec, classes and failures ride in
+        the file's metadata under ``featx``. It needs pyarrow (``pip install pyarrow``).
+        Any other path is a folder holding ``X.npy`` (the vectors, readable with
         ``np.load(..., mmap_mode="r")``) and ``meta.npz`` (everything else), what
-        :meth:`featx.Extractor.extract` writes with ``out=``. Either is read by :meth:`load`.
+        :meth:`featx.Extractor.extract` writes with ``out=``. Each is read by :meth:`load`.
+
+        Examples
+        --------
+        >>> import numpy as np, pandas as pd, tempfile, os
+        >>> from featx.embeddings import Embeddings
+        >>> path = os.path.join(tempfile.mkdtemp(), "e.parquet")
+        >>> Embeddings.from_arrays(np.eye(3, 4, dtype=np.float32), ["b", "a", "b"]).save(path)
+        >>> table = pd.read_parquet(path)
+        >>> table.columns.tolist(), table["label"].tolist(), table["embedding"][1].tolist()
+        (['index', 'label', 'embedding'], ['b', 'a', 'b'], [0.0, 1.0, 0.0, 0.0])
+        >>> Embeddings.load(path).classes
+        ['a', 'b']
         """
         path = Path(path)
-        arrays = self.meta_arrays()
-        if path.suffix.lower() == ".npz":
+        suffix = path.suffix.lower()
+        if suffix in (".npz", ".parquet"):
             # Written whole under a temporary name, then moved over the target: a failure
             # (a full disk) leaves what was there before, and no partial file.
+            write = _write_parquet if suffix == ".parquet" else _write_npz
             tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
             try:
-                with open(tmp, "wb") as f:
-                    np.savez(f, X=self.X, **arrays)
+                write(self, tmp)
                 os.replace(tmp, path)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise _write_error(path, exc) from exc
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             return
+        arrays = self.meta_arrays()
         folder = _embeddings_folder(path)
         tmp_x, tmp_meta = (
             folder / f".{EMBEDDINGS_X}.partial",
@@ -285,7 +335,7 @@ class Embeddings:
         Parameters
         ----------
         path : path
-            A ``.npz`` file or an embeddings folder.
+            A ``.npz`` or ``.parquet`` file, or an embeddings folder.
         mmap_mode : {None, "r", "r+", "c"}, default None
             ``"r"`` maps ``X`` read-only from disk instead of loading it: rows are read
             when used, so a set larger than memory can be passed to
@@ -306,6 +356,13 @@ class Embeddings:
                 )
             X = np.load(path / EMBEDDINGS_X, mmap_mode=mmap_mode, allow_pickle=False)
             meta_path = path / EMBEDDINGS_META
+        elif path.suffix.lower() == ".parquet":
+            if mmap_mode is not None:
+                raise ValueError(
+                    f"{str(path)!r} is a Parquet table, which cannot be memory-mapped. Load it "
+                    "with mmap_mode=None, or save it as an embeddings folder for that."
+                )
+            return _read_parquet(cls, path)
         else:
             X = _npz_member(path, "X", mmap_mode)
             meta_path = path
@@ -324,6 +381,89 @@ class Embeddings:
 
 EMBEDDINGS_X = "X.npy"
 EMBEDDINGS_META = "meta.npz"
+# The key of a Parquet file's own metadata that holds what its columns do not.
+_PARQUET_KEY = b"featx"
+
+
+def _write_npz(embeddings: Embeddings, path: Path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, X=embeddings.X, **embeddings.meta_arrays())
+
+
+def parquet_available() -> None:
+    """Raise ImportError, naming the install, where pyarrow (Parquet files) is missing."""
+    _pyarrow()
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet
+    except ImportError as exc:
+        raise ImportError(
+            f"Parquet embeddings need pyarrow ({exc}). Install it with pip install pyarrow "
+            '(pip install "featx[ray]" brings it too), or use a .npz file or a folder.'
+        ) from None
+    return pa
+
+
+def _write_parquet(embeddings: Embeddings, path: Path) -> None:
+    """One row group per chunk of rows, so a memory-mapped ``X`` is never all in memory."""
+    pa = _pyarrow()
+    names = None if embeddings.y is None else np.asarray(embeddings.classes, dtype=object)
+    fields = [("index", pa.int64())]
+    if embeddings.paths is not None:
+        fields.append(("path", pa.string()))
+    if names is not None:
+        fields.append(("label", pa.string()))
+    fields.append(("embedding", pa.list_(pa.float32(), embeddings.dim)))
+    meta = {
+        "fingerprint": embeddings.fingerprint,
+        "spec": embeddings.spec,
+        "classes": embeddings.classes,
+        "failed": embeddings.failed,
+    }
+    schema = pa.schema(fields, metadata={_PARQUET_KEY: json.dumps(meta, ensure_ascii=True)})
+    with pa.parquet.ParquetWriter(path, schema) as writer:
+        for rows, block in iter_chunks(embeddings.X):
+            columns = {"index": embeddings.index[rows]}
+            if embeddings.paths is not None:
+                columns["path"] = [embeddings.paths[i] for i in rows]
+            if names is not None:
+                columns["label"] = names[embeddings.y[rows]]
+            vectors = pa.FixedSizeListArray.from_arrays(block.reshape(-1), embeddings.dim)
+            arrays = [pa.array(columns[name]) for name, _ in fields[:-1]] + [vectors]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def _read_parquet(cls: type[Embeddings], path: Path) -> Embeddings:
+    pa = _pyarrow()
+    table = pa.parquet.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(_PARQUET_KEY, b"null"))
+    if meta is None or "embedding" not in table.column_names:
+        raise ValueError(
+            f"{str(path)!r} is not a featx embeddings table: it lacks the featx metadata or "
+            "the embedding column (written by Embeddings.save or featx extract --out "
+            "FILE.parquet)."
+        )
+    vectors = table["embedding"].combine_chunks()
+    dim = vectors.type.list_size
+    X = vectors.flatten().to_numpy().astype(np.float32, copy=False).reshape(-1, dim)
+    classes = meta["classes"]
+    y = None
+    if "label" in table.column_names and classes is not None:
+        position = {name: i for i, name in enumerate(classes)}
+        y = np.asarray([position[v] for v in table["label"].to_pylist()], dtype=np.int64)
+    return cls(
+        X=X,
+        y=y,
+        classes=classes,
+        paths=table["path"].to_pylist() if "path" in table.column_names else None,
+        index=table["index"].to_numpy(),
+        failed=[tuple(f) for f in meta["failed"]],
+        fingerprint=meta["fingerprint"],
+        spec=meta["spec"],
+    )
 
 
 def _embeddings_folder(path: Path) -> Path:
@@ -384,11 +524,11 @@ class FolderWriter:
     def check(out: str | os.PathLike) -> Path:
         """Refuse an ``out=`` that cannot be streamed into, before any work is done."""
         path = Path(out)
-        if path.suffix.lower() == ".npz":
+        if path.suffix.lower() in (".npz", ".parquet"):
             raise ValueError(
-                f"extract(out={str(out)!r}): an .npz archive cannot be written row by row. "
-                "Pass a folder path (it gets a memory-mappable X.npy and meta.npz), or call "
-                "extract() without out= and then .save() the result to the .npz."
+                f"extract(out={str(out)!r}): a {path.suffix} file cannot be written row by "
+                "row. Pass a folder path (it gets a memory-mappable X.npy and meta.npz), or "
+                f"call extract() without out= and then .save() the result to the {path.suffix}."
             )
         if path.exists() and not path.is_dir():
             _embeddings_folder(path)  # raises, saying why

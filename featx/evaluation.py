@@ -40,7 +40,7 @@ from featx.config import BackboneConfig, size_label
 from featx.embeddings import Embeddings
 from featx.extract import Extractor
 from featx.learning import LearningData, LearnResult, learn_data, resolve_head
-from featx.results import Result, jsonable
+from featx.results import TABLE_WIDTH, Result, jsonable, text_table
 from featx.splits import PROTOCOLS, Splits, resolve_splits
 
 __all__ = [
@@ -425,6 +425,41 @@ class Comparison(Result):
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def text(self, width: int = TABLE_WIDTH) -> str:
+        """The rows as a plain-text table at most ``width`` characters wide (what
+        ``featx compare`` prints; ``summary()`` and ``table`` have every column): the
+        accuracy with its spread over folds, and the parameters chosen."""
+        from featx.heads import params_text
+
+        rows = [
+            {
+                **row,
+                "accuracy": f"{row['accuracy']:.3f}"
+                + ("" if math.isnan(row["accuracy_std"]) else f"±{row['accuracy_std']:.3f}"),
+                "chosen": params_text(json.loads(row["chosen_params"])),
+            }
+            for row in self.table.to_dict(orient="records")
+        ]
+        columns = [
+            ("backbone", "representation", ""),
+            ("head", "head", ""),
+            ("accuracy", "accuracy", ">"),
+            ("macro_f1", "macro F1", ".3f"),
+            ("ms_per_image", "ms/image", ".2f"),
+            ("dim", "dim", "d"),
+            ("chosen", "chosen", ""),
+        ]
+        protocol = self.table["protocol"].iloc[0] if len(self.table) else ""
+        how = {
+            "nested-cv": "mean±std over the outer folds, parameters chosen inside each",
+            "train-validation-test": "on test, parameters chosen on validation",
+            "train-test": "on test, parameters chosen by 3-fold cross-validation on train",
+        }
+        return (
+            text_table(rows, columns, width=width)
+            + f"\n{protocol}: accuracy {how.get(protocol, '')}"
+        )
 
 
 def compare(

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from featx._pipeline import (
 from featx.augment import View
 from featx.backbones import Backbone, resolve_backbone
 from featx.cache import EmbeddingCache
-from featx.config import BackboneConfig
+from featx.config import BackboneConfig, backbone_name
 from featx.distributed import RayOptions, check_engine_options, compute_on_ray
 from featx.embeddings import Embeddings, FolderWriter
 from featx.images import RESIZE_POLICIES, WHITE, DecodeError
@@ -187,6 +188,41 @@ class Extractor:
         self.view = view
         self.spec = extraction_spec(self.backbone.identity(), resize, background, view)
         self.fingerprint = fingerprint(self.spec)
+
+    def __repr__(self) -> str:
+        """One line: the network, its size and output, the fingerprint and the cache.
+
+        Examples
+        --------
+        >>> from featx import Extractor
+        >>> Extractor("MobileNetV2", weights=None, input_size=96, cache_dir=None)
+        ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+        Extractor('MobileNetV2', weights=None, input_size=(96, 96), pooling='avg', dim=1280,
+                  fingerprint='...', cache=None)
+        """
+        config = self.config
+        weights = config.weights
+        if isinstance(weights, str) and weights != "imagenet":
+            weights = Path(weights).name  # a file: its name (the fingerprint holds its hash)
+        fields = [
+            repr(backbone_name(config.backbone[0])),
+            f"weights={weights!r}",
+            f"input_size={self.input_size}",
+            f"pooling={self.backbone.pooling if hasattr(self.backbone, 'pooling') else None!r}",
+        ]
+        if config.layer[0] is not None:
+            fields.append(f"layer={config.layer[0]!r}")
+        if self.view is not None:
+            fields.append(f"view={self.view!r}")
+        location = self.cache.location
+        fields += [
+            f"dim={self.dim}",
+            f"fingerprint={self.fingerprint[:12]!r}",
+            f"cache={None if location is None else str(location)!r}",
+        ]
+        if self.engine != "local":
+            fields.append(f"engine={self.engine!r}")
+        return f"{type(self).__name__}({', '.join(fields)})"
 
     @classmethod
     def from_config(cls, config: BackboneConfig, **options: Any) -> Extractor:

@@ -35,6 +35,7 @@ __all__ = [
     "default_grid",
     "grid_key",
     "make_head",
+    "params_text",
     "resolve_grid",
 ]
 
@@ -215,6 +216,41 @@ def grid_key(kind: str, name: str) -> str:
     ('clf__estimator__C', 'clf__C', 'scale__with_mean')
     """
     return name if "__" in name else _check_kind(kind).prefix + name
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """Chosen head parameters as a reader writes them, without the pipeline's prefixes.
+
+    A list is one choice per fold (nested cross-validation): the most frequent value is
+    shown, with how many folds chose it.
+
+    Examples
+    --------
+    >>> from featx.heads import params_text
+    >>> params_text({"clf__estimator__C": 10.0}), params_text({})
+    ('C=10', '-')
+    >>> params_text({"clf__C": [0.01, 0.1, 0.01], "scale__with_mean": [True] * 3})
+    'C=0.01 (2/3 folds), with_mean=True'
+    """
+
+    def value(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    parts = []
+    for key, chosen in params.items():
+        name = key.rsplit("__", 1)[-1]
+        if isinstance(chosen, list):
+            texts = [value(v) for v in chosen]
+            common = max(texts, key=texts.count)  # the first of the most frequent
+            share = (
+                ""
+                if texts.count(common) == len(texts)
+                else (f" ({texts.count(common)}/{len(texts)} folds)")
+            )
+            parts.append(f"{name}={common}{share}")
+        else:
+            parts.append(f"{name}={value(chosen)}")
+    return ", ".join(parts) or "-"
 
 
 def make_head(

@@ -361,7 +361,12 @@ def _sample_note(data: ReportData) -> str:
 def _separation(data: ReportData) -> str:
     esc = html.escape
     best = leaders([p.metrics.get("knn_accuracy") for p in data.panels])
-    head = "".join(f"<th title='{esc(m.help, quote=True)}'>{esc(m.short)}</th>" for m in METRICS)
+    # data-metric: the key the same number has in `featx report --json`.
+    head = "".join(
+        f"<th title='{esc(m.help, quote=True)}' data-metric='{esc(m.name, quote=True)}'>"
+        f"{esc(m.short)}</th>"
+        for m in METRICS
+    )
     body = ""
     for i, panel in enumerate(data.panels):
         label = esc(panel.label) + (_badge("best") if i in best else "")

@@ -63,6 +63,7 @@ __all__ = [
     "LearnResult",
     "LearningData",
     "ProtocolRun",
+    "Selection",
     "classification_metrics",
     "fit_candidate",
     "learn",
@@ -70,6 +71,7 @@ __all__ = [
     "resolve_jobs",
     "run_protocol",
     "search",
+    "select_and_fit",
 ]
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -481,12 +483,7 @@ def run_protocol(
             tasks, how = fitter.plan(candidates, "all", train, validation=None, **options)
             parts.append((k, {"all": train}, "all", test, tasks, how))
     else:
-        train = data.rows("train")
-        if "validation" in data.y:
-            validation = ("validation", data.rows("validation"))
-            fit_rows = {"train": train, "validation": validation[1]}
-        else:
-            validation, fit_rows = None, {"train": train}
+        _, train, validation, fit_rows = _training_rows(data)
         tasks, how = fitter.plan(candidates, "train", train, validation=validation, **options)
         parts.append((None, fit_rows, "test", data.rows("test"), tasks, how))
     # Every selection task of every fold at once, then every fold's refit at once.
@@ -503,6 +500,84 @@ def run_protocol(
         chosen,
     )
     return ProtocolRun(data.protocol, candidates, folds, fitter.seconds)
+
+
+def _training_rows(data: LearningData):
+    """Where a fixed-split protocol chooses and fits: the training split and its rows, the
+    validation rows to choose on (or None: inner CV on the training rows), and every row
+    the winner is refitted on (train + validation). A single source ("all") is one
+    training split with no validation."""
+    split = "all" if "all" in data.y else "train"
+    rows = data.rows(split)
+    if "validation" not in data.y:
+        return split, rows, None, {split: rows}
+    validation = ("validation", data.rows("validation"))
+    return split, rows, validation, {split: rows, "validation": validation[1]}
+
+
+@dataclass
+class Selection:
+    """What :func:`select_and_fit` chose, and the head it refitted."""
+
+    params: dict[str, Any]
+    selection: str  # "validation accuracy", "3-fold accuracy", or "none" (one setting)
+    scores: list[float | None]  # one per setting of the grid, in grid order
+    grid: tuple[dict[str, Any], ...]
+    model: Any
+    n_fit: int
+
+    @property
+    def score(self) -> float | None:
+        return self.scores[self.grid.index(self.params)]
+
+
+def select_and_fit(
+    data: LearningData,
+    estimator: Any,
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    inner_cv: int = INNER_FOLDS,
+    seed: int = 0,
+    names: bool = False,
+    n_jobs: int | None = None,
+) -> Selection:
+    """Choose ``estimator``'s parameters from ``grid`` as :func:`learn` chooses them, and
+    refit on every training row; no test split is needed (nor used, if there is one).
+
+    Training splits of ``data``: ``"train"`` and optionally ``"validation"`` (choose on
+    validation, refit on both), or ``"all"`` (choose by stratified inner
+    cross-validation, refit on all). With ``names``, the head learns class names.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from featx.embeddings import Embeddings
+    >>> from featx.heads import make_head
+    >>> from featx.learning import LearningData, select_and_fit
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat(["cat", "dog"], 20)
+    >>> X = rng.normal(size=(40, 8)) + 2 * (y == "dog")[:, None]
+    >>> data = LearningData.from_embeddings(Embeddings.from_arrays(X, y))  # one source: "all"
+    >>> chosen = select_and_fit(data, make_head("logreg"), {"clf__C": [0.01, 1.0]})
+    >>> chosen.selection, chosen.n_fit, chosen.score > 0.9
+    ('3-fold accuracy', 40, True)
+    """
+    from sklearn.model_selection import ParameterGrid
+    from threadpoolctl import threadpool_limits
+
+    candidate = Candidate("head", next(iter(data.features)), estimator, tuple(ParameterGrid(grid)))
+    split, rows, validation, fit_rows = _training_rows(data)
+    fitter = _Fitter(data, resolve_jobs(n_jobs))
+    # As learn_data: one BLAS thread per fit, the cores to independent fits.
+    with threadpool_limits(limits=1, user_api="blas"):
+        scores, how = fitter.select(
+            [candidate], split, rows, validation=validation, inner_cv=inner_cv, seed=seed,
+            grouped=False, search_single=False, log=None,
+        )  # fmt: skip
+        params = candidate.grid[_best(scores[0])]
+        model = fitter.fit(0, candidate, params, fit_rows, names=names)
+    n_fit = sum(len(r) for r in fit_rows.values())
+    return Selection(params, how, scores[0], candidate.grid, model, n_fit)
 
 
 def _finish(fitter, candidates, also, fold, fit_rows, test_split, test, scores, how, searched):

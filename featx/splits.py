@@ -47,6 +47,7 @@ __all__ = [
     "resolve_splits",
     "split_layout",
     "stack_copies",
+    "training_splits",
 ]
 
 PROTOCOLS = ("train-validation-test", "train-test", "nested-cv")
@@ -135,18 +136,51 @@ def split_layout(source: Any) -> Splits | None:
             f"root/train/<class>/ and root/test/<class>/ (and optionally root/validation/"
             f"<class>/); pass train= and test= to name the splits yourself."
         )
-    validation = [name for name in _VALIDATION_NAMES if name in present]
+    validation = _validation_folder(root)
+    sources = {"train": root / "train", "test": root / "test"}
+    if validation is not None:
+        sources = {"train": sources["train"], "validation": validation,
+                   "test": sources["test"]}  # fmt: skip
+        return Splits("train-validation-test", sources)
+    return Splits("train-test", sources)
+
+
+def _validation_folder(root: Path) -> Path | None:
+    validation = [name for name in _VALIDATION_NAMES if (root / name).is_dir()]
     if len(validation) == 2:
         raise ValueError(
             f"{str(root)!r} has both validation/ and val/ subfolders; which one is the "
             "validation set is ambiguous. Remove or rename one of them."
         )
-    sources = {"train": root / "train", "test": root / "test"}
-    if validation:
-        sources = {"train": sources["train"], "validation": root / validation[0],
-                   "test": sources["test"]}  # fmt: skip
-        return Splits("train-validation-test", sources)
-    return Splits("train-test", sources)
+    return root / validation[0] if validation else None
+
+
+def training_splits(source: Any) -> dict[str, Path] | None:
+    """The folders a classifier is trained on in a dataset root: ``train/``, and
+    ``validation/`` (or ``val/``) where there is one; ``test/`` is left for evaluation.
+
+    None where ``source`` is not a root whose ``train/`` holds class folders (one
+    class-per-folder source, in which a class may well be called "train").
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from featx.splits import training_splits
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for split in ("train", "val", "test"):
+    ...     (root / split / "cat").mkdir(parents=True)
+    >>> sorted(training_splits(root)), training_splits(root / "train")
+    (['train', 'validation'], None)
+    """
+    if not isinstance(source, (str, os.PathLike)) or not (Path(source) / "train").is_dir():
+        return None
+    root = Path(source)
+    if not any(entry.is_dir() for entry in (root / "train").iterdir()):
+        return None  # a class named "train", holding images
+    validation = _validation_folder(root)
+    found = {"train": root / "train"}
+    return found if validation is None else {**found, "validation": validation}
 
 
 def split_name(split: str) -> str:

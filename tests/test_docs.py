@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -50,3 +51,27 @@ def test_ruff_is_clean(command):
         text=True,
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_readme_commands_leave_the_checkout_clean():
+    """What the README's featx commands write in the checkout (--out, --png, ...) is ignored
+    by git, so following them leaves `git status` clean."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = []
+    for block in _blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = line.split()
+            if not words or words[0] != "featx":
+                continue
+            for option, value in itertools.pairwise(words):
+                if option in ("--out", "--png", "--svg", "--csv") and not value.isupper():
+                    written.append(value)
+                    if words[1] == "export":  # the class names travel beside the model
+                        written.append(value + ".json")
+    assert "intel6.png" in written  # the report's figure, as the README writes it
+    relative = [path for path in written if not path.startswith(("/", ".."))]
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", *relative], cwd=ROOT, capture_output=True, text=True
+    )
+    assert sorted(done.stdout.split()) == sorted(relative)

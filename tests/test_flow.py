@@ -121,7 +121,7 @@ def test_demo_embeds_each_image_once_per_backbone(split_root, tmp_path, monkeypa
     assert result["extract"]["cold"]["cache_misses"] == n
     assert result["extract"]["warm"]["cache_misses"] == 0  # the cache at work, shown
     assert [p["label"] for p in result["report"]["panels"]] == [
-        "VGG16 (random init)",
+        "VGG16 (random weights)",
         "raw pixels 16x16",
     ]
 

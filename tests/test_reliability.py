@@ -38,7 +38,7 @@ def test_cli_sizes_are_refused_before_any_work(tmp_path, capsys, size):
     argv = ["extract", str(tmp_path), "--weights", "none", "--size", size]
     assert main([*argv, "--out", str(tmp_path / "e.npz"), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert f"input_size={size}" in err and "Traceback" not in err
+    assert f"--size {size}" in err and "input_size" not in err and "Traceback" not in err
     assert not (tmp_path / "e.npz").exists()
 
 
