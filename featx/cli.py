@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from featx.backbones import ALL_POOLINGS as POOLINGS
 from featx.exporting import EXPORT_FORMATS
 from featx.heads import HEAD_KINDS, HEADS, grid_key
 
@@ -20,7 +21,6 @@ __all__ = ["main", "parse_backbone_spec", "parse_backbones"]
 
 # Keys of the per-backbone syntax NAME[:key=value]... (see parse_backbone_spec).
 SPEC_KEYS = ("weights", "size", "layer", "pooling", "label", "seed")
-POOLINGS = ("avg", "max", "avg+max")
 RESIZES = ("stretch", "center_crop")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -191,9 +191,19 @@ def _add_backbone_options(
             default=None,
             help="input size N or HxW; N,M (or N+M) embeds at each size and concatenates",
         )
-        p.add_argument("--pooling", choices=POOLINGS, default="avg")
+        p.add_argument(
+            "--pooling",
+            choices=POOLINGS,
+            default=None,
+            help="default: avg for feature maps, cls for keras-hub ViTs",
+        )
     p.add_argument("--layer", default=None, help="embed this layer instead of the last block")
-    p.add_argument("--resize", choices=RESIZES, default="stretch")
+    p.add_argument(
+        "--resize",
+        choices=RESIZES,
+        default=None,
+        help="default: the keras-hub preset's converter, else stretch",
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -496,7 +506,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=8, help="neighbours per query (default 8)")
     _add_backbone_options(p, default_weights="imagenet")
 
-    p = sub.add_parser("backbones", help="list the registry")
+    p = sub.add_parser("backbones", help="list the registry (--hub: the keras-hub presets)")
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        help='the keras-hub image presets, as backbone "hub:NAME" (pip install "featx[hub]")',
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("heads", help="list the heads: kinds, what they are, their grids")
@@ -959,6 +974,8 @@ def _similar(args: argparse.Namespace) -> Result:
 def _backbones(args: argparse.Namespace) -> Result:
     from featx.backbones import list_backbones
 
+    if args.hub:
+        return _hub_presets()
     rows = [
         {
             "name": s.name,
@@ -978,6 +995,21 @@ def _backbones(args: argparse.Namespace) -> Result:
         ]
     )
     return {"backbones": rows}, text
+
+
+def _hub_presets() -> Result:
+    from featx.hub import HUB_PREFIX, OUTPUT_POOLINGS, list_presets
+
+    rows = [{"backbone": HUB_PREFIX + r["preset"], **r} for r in list_presets()]
+    text = "\n".join(
+        [f"{'backbone':<44}{'family':<22}{'params':>14}  output (poolings)"]
+        + [
+            f"{r['backbone']:<44}{r['family']:<22}{r['params'] or 0:>14,}  {r['output']} "
+            f"({', '.join(OUTPUT_POOLINGS[r['output']])})"
+            for r in rows
+        ]
+    )
+    return {"presets": rows}, text
 
 
 def _heads_command(args: argparse.Namespace) -> Result:
