@@ -246,7 +246,7 @@ class Preset:
         config = {
             k: v
             for k, v in self.config["config"].items()
-            if k not in ("name", "trainable", "dtype", "image_shape")
+            if k not in ("name", "trainable", "dtype", "image_shape", "input_shape")
         }
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
         return f"hub:{self.class_name}:config-sha256={digest}"
@@ -534,8 +534,9 @@ def build_network(preset: Preset, input_size: tuple[int, int], dtype: str, weigh
     import_keras_hub()  # registers keras-hub's classes with Keras' deserialiser
     config = dict(preset.config)
     inner = {**config["config"], "dtype": dtype}
-    if "image_shape" in inner:
-        inner["image_shape"] = [*input_size, 3]
+    for key in ("image_shape", "input_shape"):  # EfficientNet names it input_shape
+        if key in inner:
+            inner[key] = [*input_size, 3]
     config["config"] = inner
     try:
         backbone = keras.saving.deserialize_keras_object(config)

@@ -28,7 +28,12 @@ from featx.backbones import (  # noqa: E402
     resolve_backbone,
 )
 from featx.cli import main  # noqa: E402
-from featx.hub import KNOWN_ARCHITECTURES, PresetUnavailableError, resolve_preset  # noqa: E402
+from featx.hub import (  # noqa: E402
+    FAMILIES,
+    KNOWN_ARCHITECTURES,
+    PresetUnavailableError,
+    resolve_preset,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VIT_DIM, VIT_REGISTERS = 24, 1
@@ -190,6 +195,103 @@ def test_the_network_pickles_without_its_weights_and_rebuilds_the_same(presets):
     shipped = pickle.dumps(backbone)
     assert len(shipped) < 100_000  # names and configs, not the network
     np.testing.assert_array_equal(pickle.loads(shipped).embed(pixels), before)
+
+
+# -- every family of the table -----------------------------------------------------------------
+
+
+def _towers(kind: str):
+    vision = getattr(keras_hub.models, f"{kind}VisionEncoder")(
+        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
+        image_shape=(32, 32, 3),
+    )  # fmt: skip
+    text = getattr(keras_hub.models, f"{kind}TextEncoder")(
+        vocabulary_size=10, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
+        intermediate_dim=32, max_sequence_length=8,
+    )  # fmt: skip
+    extra = {} if kind == "SigLIP" else {"projection_dim": 12}
+    return getattr(keras_hub.models, f"{kind}Backbone")(vision, text, **extra)
+
+
+TOKENS = {"patch_size": 8, "num_layers": 1, "num_heads": 2, "image_shape": (32, 32, 3)}
+
+
+def _build(class_name: str, **kwargs):
+    return lambda: getattr(keras_hub.models, class_name)(**kwargs)
+
+
+# One tiny network per class of featx.hub.FAMILIES, and its number of prefix tokens.
+# fmt: off
+FACTORIES = {
+    "DINOV2Backbone": (_vit, 1 + VIT_REGISTERS),
+    "DINOV3Backbone": (_build("DINOV3Backbone", hidden_dim=16, intermediate_dim=32,
+                              num_register_tokens=4, **TOKENS), 5),
+    "ViTBackbone": (_build("ViTBackbone", hidden_dim=16, mlp_dim=32, **TOKENS), 1),
+    "DeiTBackbone": (_build("DeiTBackbone", hidden_dim=16, intermediate_dim=32, **TOKENS), 2),
+    "ResNetBackbone": (_cnn, None),
+    "VGGBackbone": (_build("VGGBackbone", stackwise_num_repeats=[1, 1],
+                           stackwise_num_filters=[8, 16]), None),
+    "DenseNetBackbone": (_build("DenseNetBackbone", stackwise_num_repeats=[1, 1],
+                                growth_rate=4), None),
+    "XceptionBackbone": (_build("XceptionBackbone", stackwise_conv_filters=[[8, 8], [16, 16]],
+                                stackwise_pooling=[True, False]), None),
+    "MobileNetBackbone": (_build(
+        "MobileNetBackbone", stackwise_expansion=[[1]], stackwise_num_blocks=[1],
+        stackwise_num_filters=[[8]], stackwise_kernel_size=[[3]], stackwise_num_strides=[[2]],
+        stackwise_se_ratio=[[None]], stackwise_activation=[["relu"]], stackwise_padding=[[1]],
+        output_num_filters=16, depthwise_filters=8, depthwise_stride=2,
+        depthwise_residual=False, last_layer_filter=16), None),
+    "EfficientNetBackbone": (_build(
+        "EfficientNetBackbone", stackwise_width_coefficients=[1.0, 1.0],
+        stackwise_depth_coefficients=[1.0, 1.0], stackwise_kernel_sizes=[3, 3],
+        stackwise_num_repeats=[1, 1], stackwise_input_filters=[8, 8],
+        stackwise_output_filters=[8, 16], stackwise_expansion_ratios=[1, 2],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25], stackwise_strides=[1, 2],
+        stackwise_block_types=["v1", "v1"], stackwise_force_input_filters=[0, 0],
+        stackwise_nores_option=[False, False]), None),
+    "CSPNetBackbone": (_build(
+        "CSPNetBackbone", stem_filters=32, stem_kernel_size=3, stem_strides=2,
+        stackwise_depth=[1, 1], stackwise_strides=[1, 2], stackwise_num_filters=[64, 128],
+        block_type="bottleneck_block", stage_type="csp", bottle_ratio=[0.5],
+        block_ratio=[1.0], expand_ratio=[2.0]), None),
+    "CLIPBackbone": (lambda: _towers("CLIP"), None),
+    "SigLIPBackbone": (lambda: _towers("SigLIP"), None),
+    "MetaCLIP2Backbone": (lambda: _towers("MetaCLIP2"), None),
+}
+# fmt: on
+
+
+def test_every_family_of_the_table_is_tested():
+    assert set(FACTORIES) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("class_name", sorted(FACTORIES))
+def test_every_family_embeds_as_keras_hub_computes(class_name, tmp_path):
+    """Each family, saved as a preset with weights, embeds with its default pooling exactly
+    what its keras-hub network computes from the converted pixels; token families' "mean"
+    leaves out exactly their class, distillation and register tokens."""
+    factory, prefix = FACTORIES[class_name]
+    keras.utils.set_random_seed(2)
+    converter = keras_hub.layers.ImageConverter(image_size=(32, 32), scale=1 / 127.5, offset=-1)
+    folder = _save(tmp_path / class_name, factory(), converter)
+    pixels = _pixels(n=3)
+    network = keras_hub.models.Backbone.from_preset(str(folder))
+    x = converter(pixels.astype(np.float32))
+    family = FAMILIES[class_name]
+    if family.tower:
+        expected = {"head": np.asarray(network.get_vision_embeddings(x))}
+    else:
+        out = np.asarray(network({"images": x} if isinstance(network.input, dict) else x))
+        if family.output == "tokens":
+            expected = {"cls": out[:, 0], "mean": out[:, prefix:].mean(axis=1)}
+        else:
+            expected = {"avg": out.mean(axis=(1, 2)), "max": out.max(axis=(1, 2))}
+    for pooling, vectors in expected.items():
+        backbone = resolve_backbone(f"hub:{folder}", pooling=pooling)
+        assert backbone.dim == vectors.shape[1]
+        embedded = backbone.embed(pixels.astype(np.float32))
+        np.testing.assert_allclose(embedded, vectors, rtol=1e-4, atol=1e-4)
+    assert resolve_backbone(f"hub:{folder}").pooling == next(iter(expected))
 
 
 # -- pooling and layers ---------------------------------------------------------------------
