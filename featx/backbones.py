@@ -695,7 +695,7 @@ class HubBackbone(KerasBackbone):
         the preset's cached or downloaded config); a path loads that weights file.
     input_size : int or (height, width), optional
         Default: the converter's image size. DINOv2/DINOv3 interpolate their position
-        embeddings to any square size (224 is 5 to 6 times cheaper than their 518).
+        embeddings to any square size (at 224 a ViT-S/14 sees 256 patches; at its 518, 1,369).
     pooling : str, optional
         What applies depends on the network's output (:data:`featx.hub.FAMILIES`): CNNs'
         feature maps take ``"avg"`` (default), ``"max"``, ``"avg+max"``; ViTs' tokens
@@ -791,8 +791,10 @@ class HubBackbone(KerasBackbone):
             digest.update(_sha256_file(path, remember=True).encode())
         if self._preset.source == "directory":  # its content is its identity, not its path
             return f"hub:directory:sha256={digest.hexdigest()}"
-        version = "" if self._preset.version is None else f"@{self._preset.version}"
-        return f"hub:{self._preset.handle}{version}:sha256={digest.hexdigest()}"
+        handle, version = self._preset.handle, self._preset.version
+        if version is not None and not handle.endswith(f"/{version}"):
+            handle = f"{handle}@{version}"
+        return f"hub:{handle}:sha256={digest.hexdigest()}"
 
     def _rebuildable(self) -> bool:
         return True

@@ -177,7 +177,11 @@ def _add_backbone_options(
     """The one set of network options (:class:`~featx.config.BackboneConfig`'s fields)
     and run options every subcommand that extracts takes. ``searched``: tune, which
     searches sizes and poolings instead of taking one."""
-    p.add_argument("--backbone", default="MobileNetV2", help="registry name, or a .keras/.h5 file")
+    p.add_argument(
+        "--backbone",
+        default="MobileNetV2",
+        help="registry name, hub:PRESET (featx backbones --hub), or a .keras/.h5 file",
+    )
     p.add_argument(
         "--weights",
         type=_none_or,

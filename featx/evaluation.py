@@ -39,6 +39,7 @@ from featx.combine import CombinedExtractor, extractor_for
 from featx.config import BackboneConfig, size_label
 from featx.embeddings import Embeddings
 from featx.extract import Extractor
+from featx.hub import hub_name, is_hub_name
 from featx.learning import LearningData, LearnResult, learn_data, resolve_head
 from featx.results import Result, jsonable
 from featx.splits import PROTOCOLS, Splits, resolve_splits
@@ -687,6 +688,8 @@ def _baselines(first: BackboneConfig) -> list[BackboneConfig]:
     name = first.backbone[0] if len(first.backbone) == 1 else None
     if _is_registry_name(name) and first.weights is not None:
         configs.append(first.replace(weights=None, label=f"{get_spec(name).name} (random weights)"))
+    elif is_hub_name(name) and first.weights is not None:
+        configs.append(first.replace(weights=None, label=f"{hub_name(name)} (random weights)"))
     configs.append(BackboneConfig(RawPixels(RAW_PIXELS_SIZE)))
     return configs
 

@@ -181,7 +181,20 @@ class Converter:
 
     @property
     def resize(self) -> str:
-        """featx's resize policy for this converter: ``"center_crop"`` or ``"stretch"``."""
+        """featx's resize policy for this converter: ``"center_crop"`` or ``"stretch"``.
+
+        Raises
+        ------
+        ValueError
+            For a converter that pads to the aspect ratio, which featx's decoder does not do.
+        """
+        if self.pad_to_aspect_ratio:
+            raise ValueError(
+                "The preset's ImageConverter pads images to its aspect ratio "
+                "(pad_to_aspect_ratio=True), which featx's decoder does not do (it stretches "
+                "or crops the centre); featx refuses it rather than feed the network "
+                "differently from its converter."
+            )
         return "center_crop" if self.crop_to_aspect_ratio else "stretch"
 
     def identity(self) -> dict[str, Any]:
@@ -316,11 +329,11 @@ def resolve_preset(value: str, *, pretrained: bool) -> Preset:
     name = value.removeprefix(HUB_PREFIX)
     local = Path(name).expanduser()
     if local.is_dir():
-        handle, builtin = str(local.resolve()), False
+        handle = str(local.resolve())
     elif name in keras_hub.models.Backbone.presets:
-        handle, builtin = keras_hub.models.Backbone.presets[name]["kaggle_handle"], True
+        handle = keras_hub.models.Backbone.presets[name]["kaggle_handle"]
     elif "://" in name:
-        handle, builtin = name, False
+        handle = name
     else:
         raise ValueError(_unknown_preset(value, name))
 
@@ -363,7 +376,7 @@ def resolve_preset(value: str, *, pretrained: bool) -> Preset:
     return Preset(
         name=name,
         handle=handle,
-        version=None if local.is_dir() else files.version(builtin),
+        version=None if local.is_dir() else files.version(),
         source=source,
         config=config,
         converter=Converter.from_config(converter["config"]),
@@ -467,12 +480,16 @@ class _Files:
         )
         return (index, *(self.get(shard) for shard in shards))
 
-    def version(self, builtin: bool) -> str | None:
-        """The Kaggle version in the handle, or the Hugging Face commit of the files read."""
+    def version(self) -> str | None:
+        """The Kaggle version (in the handle, else of the files kagglehub downloaded: the
+        folder they are in), or the Hugging Face commit of the files read."""
         scheme, _, rest = self.handle.partition("://")
         if scheme == "kaggle":
             parts = rest.split("/")
-            return parts[4] if len(parts) == 5 else None
+            if len(parts) == 5:
+                return parts[4]
+            folders = {Path(path).parent.name for path in self.read.values()}
+            return folders.pop() if len(folders) == 1 and next(iter(folders)).isdigit() else None
         if scheme == "hf":
             for path in self.read.values():
                 parts = Path(path).parts

@@ -281,7 +281,8 @@ def test_every_family_embeds_as_keras_hub_computes(class_name, tmp_path):
     if family.tower:
         expected = {"head": np.asarray(network.get_vision_embeddings(x))}
     else:
-        out = np.asarray(network({"images": x} if isinstance(network.input, dict) else x))
+        named = isinstance(network.input, dict)  # {"images": ...}, DINOv3 {"pixel_values": ...}
+        out = np.asarray(network({next(iter(network.input)): x} if named else x))
         if family.output == "tokens":
             expected = {"cls": out[:, 0], "mean": out[:, prefix:].mean(axis=1)}
         else:
@@ -504,6 +505,68 @@ def test_changed_preset_weights_are_never_served_stale(presets, tmp_path):
         _ = before.dim
 
 
+def _fill_kaggle_cache(presets) -> None:
+    """Put the tiny ViT where kagglehub caches the built-in preset dinov2_small."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_model_handle
+
+    handle = parse_model_handle("keras/dinov2/keras/dinov2_small/1")
+    source = Path(presets["vit"].removeprefix("hub:"))
+    for name in ("config.json", "image_converter.json", "model.weights.h5"):
+        target = Path(Cache().get_path(handle, name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / name, target)
+        Cache().mark_as_complete(handle, name)
+
+
+def test_a_cached_built_in_preset_loads_offline_with_its_handle(presets):
+    _fill_kaggle_cache(presets)
+    backbone = resolve_backbone("hub:dinov2_small")  # the network is unreachable
+    assert backbone._preset.source == "cache" and backbone._preset.version == "1"
+    assert backbone.identity()["weights"].startswith(
+        "hub:kaggle://keras/dinov2/keras/dinov2_small/1:sha256="
+    )
+    pixels = _pixels().astype(np.float32)
+    local = resolve_backbone(presets["vit"]).embed(pixels)
+    np.testing.assert_array_equal(backbone.embed(pixels), local)
+    # A random baseline takes the cached config before featx's copy of the architecture.
+    assert resolve_backbone("hub:dinov2_small", weights=None).dim == VIT_DIM
+
+
+def test_a_cached_hugging_face_preset_records_its_commit(presets, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / "models--someone--tiny-vit"
+    snapshot = repo / "snapshots" / "0123abcd"
+    shutil.copytree(presets["vit"].removeprefix("hub:"), snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    backbone = resolve_backbone("hub:hf://someone/tiny-vit")
+    assert (backbone._preset.source, backbone._preset.version) == ("cache", "0123abcd")
+    assert backbone.identity()["weights"].startswith("hub:hf://someone/tiny-vit@0123abcd:")
+
+
+def test_a_converter_that_pads_is_refused(presets, tmp_path):
+    folder = _copy(presets, "vit", tmp_path)
+    converter = json.loads((folder / "image_converter.json").read_text())
+    converter["config"].update(crop_to_aspect_ratio=False, pad_to_aspect_ratio=True)
+    (folder / "image_converter.json").write_text(json.dumps(converter))
+    with pytest.raises(ValueError, match="pads images to its aspect ratio"):
+        resolve_backbone(f"hub:{folder}")
+
+
+def test_bfloat16_stays_close_to_float32(presets):
+    pixels = _pixels().astype(np.float32)
+    full = resolve_backbone(presets["vit"]).embed(pixels)
+    half = resolve_backbone(presets["vit"], precision="bfloat16")
+    assert half.identity()["precision"] == "bfloat16"
+    low = half.embed(pixels)
+    assert low.dtype == np.float32
+    cosine = (full * low).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(low, axis=1)
+    assert cosine.min() > 0.99
+
+
 def test_resolve_preset_records_where_the_files_came_from(presets):
     preset = resolve_preset(presets["vit"], pretrained=True)
     assert preset.source == "directory" and preset.version is None
@@ -520,8 +583,9 @@ def test_compare_runs_a_preset_beside_a_keras_application(presets, image_folder)
         backbones=[presets["vit"], {"backbone": "MobileNetV2", "weights": None, "input_size": 32}],
         heads=["logreg"], cv=2, cache_dir=None,
     )  # fmt: skip
-    frame = result.to_frame()
-    assert {"hub:vit", "MobileNetV2 (random weights)"} <= set(frame["backbone"])
+    backbones = set(result.to_frame()["backbone"])
+    # The baselines compare adds: the first backbone's architecture with random weights.
+    assert {"hub:vit", "hub:vit (random weights)", "MobileNetV2 (random weights)"} <= backbones
 
 
 def test_the_embedding_transformer_takes_a_preset(presets, image_folder):
