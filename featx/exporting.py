@@ -122,7 +122,8 @@ def export(
         "input_size": [height, width],
         "input": (
             f"uint8 RGB images of {height}x{width}, resized as featx does (Pillow, "
-            f"resize={transformer.resize!r}); output: probabilities in the order of classes"
+            f"resize={transformer.resize or 'stretch'!r}); output: probabilities in the order "
+            "of classes"
         ),
         "backbone": backbone.name,
         "pooling": backbone.pooling,

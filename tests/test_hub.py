@@ -627,3 +627,24 @@ def test_cli_extracts_with_a_preset(presets, image_folder, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     assert json.loads(capsys.readouterr().out)["dim"] == 2 * VIT_DIM
+
+
+def test_the_ray_engine_gives_the_local_vectors(presets, image_folder, tmp_path):
+    ray = pytest.importorskip("ray", reason='the Ray engine is the "ray" extra')
+    local = Extractor(presets["vit"], cache_dir=None, batch_size=4, verbose=False)
+    expected = local.extract(image_folder).X
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = Extractor(
+            presets["vit"], cache_dir=tmp_path, batch_size=4, verbose=False, engine="ray"
+        )
+        result = remote.extract(image_folder)
+    finally:
+        if started:
+            ray.shutdown()
+    assert result.cache_misses == 12
+    np.testing.assert_array_equal(result.X, expected)
+    again = Extractor(presets["vit"], cache_dir=tmp_path, batch_size=4, verbose=False)
+    assert again.extract(image_folder).cache_hits == 12  # one cache for both engines
