@@ -817,8 +817,6 @@ class HubBackbone(KerasBackbone):
     def _check_preset_unchanged(self) -> None:
         """Where this backbone lands (a Ray worker), find the preset's files again if they
         are not here, and refuse weights other than those the fingerprint hashed."""
-        import os.path
-
         if not all(os.path.exists(p) for p in self._preset.weights_files):
             self._preset = resolve_preset(self._preset.handle, pretrained=True)
         if self._preset_weights_id() != self._weights_id:
