@@ -44,11 +44,12 @@ Run from the repository root::
     python benchmarks/speed_table.py --fidelity --rss --configs none
 
 The shared data folder is ``$FEATX_SHARED``, else ``../shared`` next to the repository.
-ResNet50 is measured on ``--resnet-limit`` images (default 320) spread over the folder,
-because at 224 px it runs at 10-20 images/s on 2 cores; ``--limit`` does the same for
-MobileNetV2. The table prints N for each configuration. Each mode is timed ``--repeat``
-times (default 2) in its process and the fastest pass is kept (other processes only ever
-slow a pass down); the tutorial loop is timed once.
+ResNet50 and ``hub:dinov2_small`` (keras-hub's DINOv2 ViT-S/14 at 224 px, random weights,
+forward and featx modes only) are measured on ``--resnet-limit`` images (default 320)
+spread over the folder, because at 224 px they run at 10-20 images/s on 2 cores;
+``--limit`` does the same for MobileNetV2. The table prints N for each configuration.
+Each mode is timed ``--repeat`` times (default 2) in its process and the fastest pass is
+kept (other processes only ever slow a pass down); the tutorial loop is timed once.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FEATX_SHARED") or REPO.parent / "shared")
 CLOTHING10 = SHARED / "datasets" / "clothing10"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_160_no_top.weights.h5"
-DEFAULT_CONFIGS = "MobileNetV2@224,MobileNetV2@160,ResNet50@224"
+# hub:dinov2_small is keras-hub's DINOv2 ViT-S/14 (random weights, from featx's copy of its
+# architecture, so it runs offline); forward and featx modes only, (a)/(b) are keras.applications'.
+DEFAULT_CONFIGS = "MobileNetV2@224,MobileNetV2@160,ResNet50@224,hub:dinov2_small@224"
+HUB_MODES_SKIPPED = ("tutorial", "tfdata")
 # (label, ratio key, lowest passing value); cold/forward is a target for MobileNetV2 only.
 TARGETS = (
     ("cold/forward", "cold/forward", 0.9),
@@ -131,10 +135,10 @@ def _peak_rss_mb() -> float:
 
 
 def _keras_model(backbone: str, size: int, precision: str = "float32"):
-    """The registry network as featx builds it (random weights: speed does not depend on them)."""
-    from featx.backbones import KerasBackbone
+    """The network as featx builds it (random weights: speed does not depend on them)."""
+    from featx.backbones import resolve_backbone
 
-    return KerasBackbone(backbone, weights=None, input_size=size, precision=precision)
+    return resolve_backbone(backbone, weights=None, input_size=size, precision=precision)
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,6 +319,8 @@ def measure_config(backbone: str, size: int, folder: Path, limit: int | None, ar
                 folder, spread(image_paths(folder, None), limit), Path(tmp) / "i"
             )
         for mode in args.modes:
+            if backbone.startswith("hub:") and mode in HUB_MODES_SKIPPED:
+                continue
             cache = Path(tmp) / ("cache-bf16" if mode.endswith("bf16") else "cache")
             print(f"  {backbone}@{size}: {mode} ...", file=sys.stderr, flush=True)
             rows[mode] = run_worker(
@@ -562,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="timed passes per mode; the fastest")
     p.add_argument("--tf-threads", default=None, help="INTRA,INTER for every mode (default: TF's)")
     p.add_argument("--limit", type=int, default=None, help="N images (MobileNetV2; default all)")
-    p.add_argument("--resnet-limit", type=int, default=320, help="N images (ResNet50)")
+    p.add_argument(
+        "--resnet-limit", type=int, default=320, help="N images (ResNet50, hub:dinov2_small)"
+    )
     p.add_argument("--fidelity", action="store_true", help="bfloat16 vs float32 fidelity")
     p.add_argument("--fidelity-resnet-train", type=int, default=800)
     p.add_argument("--rss", action="store_true", help="peak RSS over 1,000 vs 10,000 images")
@@ -586,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["machine"]))
     for config in [] if args.configs == "none" else args.configs.split(","):
         backbone, size = config.split("@")
-        limit = args.resnet_limit if backbone.startswith("ResNet") else args.limit
+        heavy = backbone.startswith(("ResNet", "hub:"))  # 4-5 GFLOPs an image at 224 px
+        limit = args.resnet_limit if heavy else args.limit
         result = measure_config(backbone, int(size), args.data, limit, args)
         report["configs"].append(result)
         print("\n" + format_config(result), flush=True)

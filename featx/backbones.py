@@ -6,7 +6,9 @@ default and minimum input size, and the embedding dimension of its last
 convolutional block. A :class:`KerasBackbone` takes its preprocessing from the
 spec and nowhere else, so a registry model cannot be paired with another
 family's preprocessing. User-built ``keras.Model`` objects and saved model files
-are accepted too; they bring their own preprocessing (identity by default).
+are accepted too; they bring their own preprocessing (identity by default). keras-hub
+presets (``"hub:dinov2_small"``, :class:`HubBackbone`) bring their own ``ImageConverter``;
+:mod:`featx.hub` holds what featx knows about them.
 
 Importing this module does not import TensorFlow: the table is plain data and
 models are built on first use.
@@ -32,11 +34,25 @@ from typing import Any
 import numpy as np
 
 from featx.config import as_size
+from featx.hub import (
+    OUTPUT_POOLINGS,
+    HubFamily,
+    PresetUnavailableError,
+    build_network,
+    hub_name,
+    image_model,
+    import_keras_hub,
+    is_hub_name,
+    resolve_preset,
+)
 
 __all__ = [
+    "ALL_POOLINGS",
+    "POOLINGS",
     "PRECISIONS",
     "Backbone",
     "BackboneSpec",
+    "HubBackbone",
     "KerasBackbone",
     "RawPixels",
     "WeightsUnavailableError",
@@ -45,14 +61,19 @@ __all__ = [
     "resolve_backbone",
 ]
 
-POOLINGS = ("avg", "max", "avg+max")
+# Pooling of a feature map, the keras.applications models' output (and your own models').
+POOLINGS = OUTPUT_POOLINGS["feature_map"]
+#: Every pooling any backbone takes: feature maps', token models' (keras-hub ViTs) and
+#: the image towers' own ("head"). Which apply depends on the network's output.
+ALL_POOLINGS = tuple(p for kind in OUTPUT_POOLINGS.values() for p in kind)
 # Compute precision -> the Keras dtype policy the network is built under. Variables stay
 # float32 in every case (Keras' mixed policies); embeddings are always returned as float32.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 class WeightsUnavailableError(RuntimeError):
-    """``weights="imagenet"`` was asked for and Keras could not download or load them."""
+    """Pretrained weights were asked for and could not be obtained: Keras' ImageNet
+    download for ``weights="imagenet"``, or a keras-hub preset not cached and offline."""
 
 
 @dataclass(frozen=True)
@@ -205,11 +226,23 @@ def get_spec(name: str) -> BackboneSpec:
     )
 
 
-def _sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+_REMEMBERED_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, remember: bool = False) -> str:
+    """A file's SHA-256. ``remember``: keep it per (path, size, modification time), for
+    files that are only ever replaced, never rewritten in place (downloaded presets,
+    gigabytes each, are hashed once per process instead of at every backbone)."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if remember and key in _REMEMBERED_HASHES:
+        return _REMEMBERED_HASHES[key]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
+    if remember:
+        _REMEMBERED_HASHES[key] = digest.hexdigest()
     return digest.hexdigest()
 
 
@@ -236,6 +269,9 @@ class Backbone:
     name: str = "backbone"
     input_size: tuple[int, int]
     dim: int
+    #: The resize policy the network's own preprocessing prescribes (a keras-hub preset's
+    #: converter crops or stretches), or None: the extractor's ``resize=`` decides.
+    resize: str | None = None
 
     @property
     def label(self) -> str:
@@ -303,9 +339,9 @@ class KerasBackbone(Backbone):
         keep their own weights unless a weights file path is given.
     input_size : int or (height, width), optional
         Defaults to the registry's default size, or the custom model's fixed input shape.
-    pooling : {"avg", "max", "avg+max"}
-        Global pooling over the spatial axes of the feature map; ``"avg+max"``
-        concatenates both (twice the dimension, from one forward pass).
+    pooling : {"avg", "max", "avg+max"}, optional
+        Global pooling over the spatial axes of the feature map (default ``"avg"``);
+        ``"avg+max"`` concatenates both (twice the dimension, from one forward pass).
     layer : str, optional
         Take this layer's output instead of the last convolutional block.
     seed : int
@@ -313,6 +349,9 @@ class KerasBackbone(Backbone):
     preprocess : callable, optional
         Custom models only: maps 0-255 float RGB tensors to the model's input range.
         Registry models always use their family's ``preprocess_input``.
+
+    keras-hub presets (``"hub:..."``) are :class:`HubBackbone`; :func:`resolve_backbone`
+    builds either from a name.
     precision : {"float32", "bfloat16", "float16"}
         Compute precision of a registry model, built under the Keras dtype policy
         ``"mixed_bfloat16"`` or ``"mixed_float16"`` (weights stay float32; pooling and
@@ -328,24 +367,19 @@ class KerasBackbone(Backbone):
         *,
         weights: str | os.PathLike | None = "imagenet",
         input_size: int | tuple[int, int] | None = None,
-        pooling: str = "avg",
+        pooling: str | None = None,
         layer: str | None = None,
         seed: int = 0,
         preprocess: Callable[[Any], Any] | None = None,
         precision: str = "float32",
     ) -> None:
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r} is not supported. Expected one of {POOLINGS}.")
-        _check_precision(precision)
-        self.pooling = pooling
-        self.precision = precision
-        self.layer = layer
-        self.seed = int(seed)
-        self._model = None
-        self._functions: dict[tuple[int, ...], Any] = {}
-        self._spec: BackboneSpec | None = None
-        self._saved_model_path: str | None = None
-
+        pooling = _check_pooling(pooling, POOLINGS, "this network outputs a feature map")
+        self._set_run_options(pooling, precision, layer, seed)
+        if is_hub_name(model):
+            raise TypeError(
+                f"{model!r} is a keras-hub preset: build it with HubBackbone({model!r}, ...) "
+                "or resolve_backbone, which choose the right class from the name."
+            )
         if isinstance(model, str) and _looks_like_model_file(model):
             model = Path(model)
         if isinstance(model, (str, BackboneSpec)):
@@ -367,6 +401,17 @@ class KerasBackbone(Backbone):
             self._init_custom(model, weights, input_size, preprocess)
 
     # -- construction -------------------------------------------------------------------------
+
+    def _set_run_options(self, pooling: str, precision: str, layer: str | None, seed: int) -> None:
+        _check_precision(precision)
+        self.pooling = pooling
+        self.precision = precision
+        self.layer = layer
+        self.seed = int(seed)
+        self._model = None
+        self._functions: dict[tuple[int, ...], Any] = {}
+        self._spec: BackboneSpec | None = None
+        self._saved_model_path: str | None = None
 
     def _init_registry(self, spec, weights, input_size, preprocess) -> None:
         if preprocess is not None:
@@ -500,27 +545,12 @@ class KerasBackbone(Backbone):
             return self._build_registry()
 
     def _build_registry(self):
-        import keras
-
-        if self.precision == "float16" and not _has_gpu():
-            warnings.warn(
-                "precision='float16' is meant for GPUs; this machine has none, so float16 "
-                "runs emulated and slower than float32. Use 'bfloat16' on CPUs with "
-                "AVX512-BF16 or AMX, else 'float32'.",
-                stacklevel=4,
-            )
+        _warn_float16_without_gpu(self.precision)
         ctor = self._spec.constructor()
         shape = (*self.input_size, 3)
         if self._weights_arg is None:
-            # Seed Keras' initialisers, then put Python's and NumPy's global RNGs back as
-            # they were, so building a baseline does not reseed the user's program.
-            py_state, np_state = random.getstate(), np.random.get_state()
-            keras.utils.set_random_seed(self.seed)
-            try:
+            with _seeded(self.seed):
                 return ctor(include_top=False, weights=None, input_shape=shape)
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
         if self._weights_arg != "imagenet":
             self._check_weights_unchanged()
         try:
@@ -554,13 +584,17 @@ class KerasBackbone(Backbone):
             digest.update(np.ascontiguousarray(np.asarray(w)).tobytes())
         return f"values:sha256={digest.hexdigest()}"
 
+    def _rebuildable(self) -> bool:
+        """Whether the network can be built again from names and files (not in memory only)."""
+        return self._spec is not None or self._saved_model_path is not None
+
     def __getstate__(self) -> dict[str, Any]:
         """Picklable without its compiled functions (rebuilt where it lands, e.g. a Ray
         actor), and without the built network when it can be rebuilt from its name or file,
         so shipping it to a worker costs bytes, not megabytes."""
         state = dict(self.__dict__)
         state["_functions"] = {}
-        if self._spec is not None or self._saved_model_path is not None:
+        if self._rebuildable():
             state["_model"] = None
         return state
 
@@ -576,7 +610,7 @@ class KerasBackbone(Backbone):
                     "Pass layer= to choose one."
                 )
             self._dim = int(shape[-1])
-        return self._dim * (2 if self.pooling == "avg+max" else 1)
+        return self._dim * len(self.pooling.split("+"))
 
     def identity(self) -> dict[str, Any]:
         identity = {
@@ -611,26 +645,240 @@ class KerasBackbone(Backbone):
 
         _quiet_retracing_warning()
 
-        model, pooling = self.model, self.pooling
-        preprocess = self._spec.preprocess_input() if self._spec else self._preprocess
+        model, pool = self.model, self._pool
+        preprocess = self._preprocessor()
 
         # One traced function per batch shape: the extractor pads every batch to the same
         # shape, so an image's embedding does not depend on its neighbours (exact resumes).
         @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], reduce_retracing=False)
         def embed(images):
             # Pool in float32: averaging thousands of bfloat16 values in bfloat16 loses digits.
-            features = tf.cast(model(preprocess(images), training=False), tf.float32)
-            if len(features.shape) > 2:
-                axes = list(range(1, len(features.shape) - 1))
-                pooled = [
-                    reduce(features, axis=axes)
-                    for name, reduce in (("avg", tf.reduce_mean), ("max", tf.reduce_max))
-                    if name in pooling.split("+")
-                ]
-                features = tf.concat(pooled, axis=-1) if len(pooled) > 1 else pooled[0]
-            return features
+            return pool(tf.cast(model(preprocess(images), training=False), tf.float32))
 
         return embed
+
+    def _preprocessor(self) -> Callable[[Any], Any]:
+        """The one function from 0-255 RGB to the network's input (traced into the graph)."""
+        return self._spec.preprocess_input() if self._spec else self._preprocess
+
+    def _pool(self, features):
+        """Global pooling of a feature map over its spatial axes (traced into the graph)."""
+        import tensorflow as tf
+
+        if len(features.shape) <= 2:
+            return features
+        axes = list(range(1, len(features.shape) - 1))
+        reduce = {"avg": tf.reduce_mean, "max": tf.reduce_max}
+        pooled = [reduce[name](features, axis=axes) for name in self.pooling.split("+")]
+        return tf.concat(pooled, axis=-1) if len(pooled) > 1 else pooled[0]
+
+
+#: What ``weights=`` takes to mean a keras-hub preset's own pretrained weights ("imagenet"
+#: too, the default of every featx function, whatever data the preset was trained on).
+PRESET_WEIGHTS = ("preset", "imagenet")
+
+
+class HubBackbone(KerasBackbone):
+    """A keras-hub preset, frozen, fed by the preset's own ``ImageConverter``.
+
+    Parameters
+    ----------
+    preset : str
+        ``"hub:"`` and a keras-hub preset: a built-in name (``"hub:dinov2_small"``;
+        ``featx backbones --hub`` lists them), a ``kaggle://`` or ``hf://`` handle of a
+        preset in keras-hub's format, or a local preset directory.
+    weights : "preset", "imagenet", None or path
+        ``"preset"`` (or ``"imagenet"``, the default everywhere in featx) loads the
+        preset's own weights, downloaded once by keras-hub and read from its cache after;
+        ``None`` builds the preset's architecture with random weights seeded by ``seed``
+        (offline too for the presets of :data:`featx.hub.KNOWN_ARCHITECTURES`, else from
+        the preset's cached or downloaded config); a path loads that weights file.
+    input_size : int or (height, width), optional
+        Default: the converter's image size. DINOv2/DINOv3 interpolate their position
+        embeddings to any square size (at 224 a ViT-S/14 sees 256 patches; at its 518, 1,369).
+    pooling : str, optional
+        What applies depends on the network's output (:data:`featx.hub.FAMILIES`): CNNs'
+        feature maps take ``"avg"`` (default), ``"max"``, ``"avg+max"``; ViTs' tokens
+        take ``"cls"`` (default: the class token), ``"mean"`` (the mean of the patch
+        tokens, without class, distillation or register tokens) and ``"cls+mean"``
+        (both, concatenated); CLIP/SigLIP image towers give their own pooled embedding
+        (``"head"``).
+    layer : str, optional
+        A level of the backbone's ``pyramid_outputs`` (``"P3"`` of a ResNet,
+        ``"stage6"`` of a DINOv2), or a layer name; pooled as the output is.
+    seed : int
+    preprocess : None
+        Refused: a preset's preprocessing is its converter's (scale, offset and crop, in
+        the fingerprint).
+    precision : {"float32", "bfloat16", "float16"}
+
+    The preset's handle, version and a content hash of its weight files, a hash of its
+    config, and its converter are in :meth:`identity`, so a changed preset never reuses
+    cached vectors. :attr:`resize` is the converter's crop policy (``"center_crop"``
+    when it keeps the aspect ratio, as most presets do); the extractor uses it.
+
+    Examples
+    --------
+    >>> from featx.backbones import HubBackbone
+    >>> b = HubBackbone("hub:dinov2_small", weights=None, input_size=224)  # offline too
+    >>> b.pooling, b.resize, b.input_size
+    ('cls', 'center_crop', (224, 224))
+    """
+
+    def __init__(
+        self,
+        preset: str,
+        *,
+        weights: str | os.PathLike | None = "preset",
+        input_size: int | tuple[int, int] | None = None,
+        pooling: str | None = None,
+        layer: str | None = None,
+        seed: int = 0,
+        preprocess: Callable[[Any], Any] | None = None,
+        precision: str = "float32",
+    ) -> None:
+        name = hub_name(str(preset))
+        if preprocess is not None:
+            raise ValueError(
+                f"preprocess= was given for the keras-hub preset {name!r}. A preset is always "
+                "fed by its own ImageConverter (scale, offset and crop, part of the "
+                "fingerprint); drop preprocess=, or wrap the network as your own keras.Model "
+                "to use custom preprocessing."
+            )
+        pretrained = isinstance(weights, str) and weights in PRESET_WEIGHTS
+        try:
+            self._preset = resolve_preset(str(preset), pretrained=pretrained)
+        except PresetUnavailableError as exc:
+            if pretrained:
+                raise WeightsUnavailableError(str(exc)) from exc
+            raise
+        family: HubFamily = self._preset.family
+        valid = family.poolings(self._preset.config["config"])
+        output = f"{name} ({family.class_name}) outputs {_OUTPUT_WORDS[family.output]}"
+        pooling = _check_pooling(pooling, valid, output)
+        self._set_run_options(pooling, precision, layer, seed)
+        self.name = name
+        converter = self._preset.converter
+        self.resize = converter.resize
+        size = converter.image_size if input_size is None else input_size
+        if size is None:
+            raise ValueError(
+                f"The converter of {name} sets no image size; pass input_size= to choose one."
+            )
+        self.input_size = as_size(size)
+        self._architecture = self._preset.architecture_id()
+        self._preprocess_id = "hub-converter:" + json.dumps(converter.identity(), sort_keys=True)
+        self._dim = None
+        if pretrained:
+            self._weights_arg = "preset"
+            self._weights_id = self._preset_weights_id()
+        elif weights is None:
+            self._weights_arg = None
+            self._weights_id = (
+                f"random:seed={self.seed}:keras-{_version('keras')}:keras-hub-"
+                f"{_version('keras-hub')}:tf-{_version('tensorflow')}"
+            )
+        else:
+            path = _existing_file(weights, "weights")
+            self._weights_arg = str(path)
+            self._weights_id = f"file:sha256={_sha256_file(path)}"
+
+    def _preset_weights_id(self) -> str:
+        """The preset's handle and version (not a local directory's path), and a content
+        hash of its weight files."""
+        digest = hashlib.sha256()
+        for path in self._preset.weights_files:
+            digest.update(_sha256_file(path, remember=True).encode())
+        if self._preset.source == "directory":  # its content is its identity, not its path
+            return f"hub:directory:sha256={digest.hexdigest()}"
+        handle, version = self._preset.handle, self._preset.version
+        if version is not None and not handle.endswith(f"/{version}"):
+            handle = f"{handle}@{version}"
+        return f"hub:{handle}:sha256={digest.hexdigest()}"
+
+    def _rebuildable(self) -> bool:
+        return True
+
+    def _build(self):
+        _require_tensorflow_backend()
+        import_keras_hub()
+        _warn_float16_without_gpu(self.precision)
+        policy = PRECISIONS[self.precision]
+        weights_file = None
+        if self._weights_arg == "preset":
+            self._check_preset_unchanged()
+        elif self._weights_arg is not None:
+            self._check_weights_unchanged()
+            weights_file = self._weights_arg
+        with _dtype_policy(policy), _seeded(self.seed):
+            backbone = build_network(self._preset, self.input_size, policy, weights_file)
+        return image_model(backbone, self._preset, self.input_size, self.layer)
+
+    def _check_preset_unchanged(self) -> None:
+        """Where this backbone lands (a Ray worker), find the preset's files again if they
+        are not here, and refuse weights other than those the fingerprint hashed."""
+        if not all(os.path.exists(p) for p in self._preset.weights_files):
+            self._preset = resolve_preset(self._preset.handle, pretrained=True)
+        if self._preset_weights_id() != self._weights_id:
+            raise RuntimeError(
+                f"The weight files of {self.name} changed since this extractor was created "
+                f"(now {self._preset_weights_id()}, was {self._weights_id}). Create a new "
+                "Extractor to use them."
+            )
+
+    def _finish(self, base):
+        base.trainable = False  # the layer was cut in featx.hub.image_model
+        return base
+
+    def _preprocessor(self) -> Callable[[Any], Any]:
+        import tensorflow as tf
+
+        converter = self._preset.converter
+        scale = None if converter.scale is None else tf.constant(converter.scale, tf.float32)
+        offset = None if converter.offset is None else tf.constant(converter.offset, tf.float32)
+
+        def convert(images):
+            if scale is not None:
+                images = images * scale
+            return images if offset is None else images + offset
+
+        return convert
+
+    def _pool(self, features):
+        if len(features.shape) != 3:
+            return super()._pool(features)
+        import tensorflow as tf
+
+        prefix = self._preset.family.prefix(self._preset.config["config"])
+        parts = {
+            "cls": lambda: features[:, 0],
+            "mean": lambda: tf.reduce_mean(features[:, prefix:], axis=1),
+        }
+        pooled = [parts[name]() for name in self.pooling.split("+")]
+        return tf.concat(pooled, axis=-1) if len(pooled) > 1 else pooled[0]
+
+
+def _check_pooling(pooling: str | None, valid: tuple[str, ...], output: str) -> str:
+    """``pooling``, or the first of ``valid`` (the default) for None; else a clear error."""
+    if pooling is None:
+        return valid[0]
+    if pooling not in valid:
+        where = (
+            f"; {pooling!r} is for another kind of output ({', '.join(ALL_POOLINGS)} in all)"
+            if pooling in ALL_POOLINGS
+            else ""
+        )
+        raise ValueError(
+            f"pooling={pooling!r} is not supported here: {output}. Expected one of {valid}{where}."
+        )
+    return pooling
+
+
+_OUTPUT_WORDS = {
+    "feature_map": "a feature map",
+    "tokens": "a sequence of tokens",
+    "embedding": "its image tower's pooled embedding",
+}
 
 
 # Config keys that do not change what a frozen network computes: names, and the trainable
@@ -679,6 +927,31 @@ def _quiet_retracing_warning() -> None:
 
 def _identity(x):
     return x
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed Keras' initialisers, then put Python's and NumPy's global RNGs back as they
+    were, so building a baseline does not reseed the user's program."""
+    import keras
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _warn_float16_without_gpu(precision: str) -> None:
+    if precision == "float16" and not _has_gpu():
+        warnings.warn(
+            "precision='float16' is meant for GPUs; this machine has none, so float16 "
+            "runs emulated and slower than float32. Use 'bfloat16' on CPUs with "
+            "AVX512-BF16 or AMX, else 'float32'.",
+            stacklevel=5,
+        )
 
 
 def _check_precision(precision: str) -> None:
@@ -750,7 +1023,7 @@ def resolve_backbone(
     *,
     weights: str | os.PathLike | None = "imagenet",
     input_size: int | tuple[int, int] | None = None,
-    pooling: str = "avg",
+    pooling: str | None = None,
     layer: str | None = None,
     seed: int = 0,
     preprocess: Callable[[Any], Any] | None = None,
@@ -774,7 +1047,8 @@ def resolve_backbone(
             )
         return backbone
     _check_precision(precision)
-    return KerasBackbone(
+    cls = HubBackbone if is_hub_name(backbone) else KerasBackbone
+    return cls(
         backbone,
         weights=weights,
         input_size=input_size,

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from featx.backbones import ALL_POOLINGS as POOLINGS
 from featx.demo import FLOWERS_URL
 from featx.exporting import EXPORT_FORMATS
 from featx.heads import HEAD_KINDS, HEADS, grid_key
@@ -26,7 +27,6 @@ __all__ = ["flag_wording", "main", "parse_backbone_spec", "parse_backbones"]
 
 # Keys of the per-backbone syntax NAME[:key=value]... (see parse_backbone_spec).
 SPEC_KEYS = ("weights", "size", "layer", "pooling", "label", "seed")
-POOLINGS = ("avg", "max", "avg+max")
 RESIZES = ("stretch", "center_crop")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -198,7 +198,11 @@ def _add_backbone_options(
     """The one set of network options (:class:`~featx.config.BackboneConfig`'s fields)
     and run options every subcommand that extracts takes. ``searched``: tune, which
     searches sizes and poolings instead of taking one."""
-    p.add_argument("--backbone", default="MobileNetV2", help="registry name, or a .keras/.h5 file")
+    p.add_argument(
+        "--backbone",
+        default="MobileNetV2",
+        help="registry name, hub:PRESET (featx backbones --hub), or a .keras/.h5 file",
+    )
     p.add_argument(
         "--weights",
         type=_none_or,
@@ -215,15 +219,17 @@ def _add_backbone_options(
         p.add_argument(
             "--pooling",
             choices=POOLINGS,
-            default="avg",
-            help="global pooling of the feature map; avg+max concatenates both",
+            default=None,
+            help="global pooling (avg+max concatenates both); none given: avg for feature maps, "
+            "cls for keras-hub ViTs",
         )
     p.add_argument("--layer", default=None, help="embed this layer instead of the last block")
     p.add_argument(
         "--resize",
         choices=RESIZES,
-        default="stretch",
-        help="how images reach the input size: stretched, or centre-cropped to its shape",
+        default=None,
+        help="how images reach the input size: stretched, or centre-cropped to its shape; none "
+        "given: the keras-hub preset's converter, else stretch",
     )
     p.add_argument(
         "--precision",
@@ -595,7 +601,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=8, help="neighbours per query")
     _add_backbone_options(p, default_weights="imagenet")
 
-    p = sub.add_parser("backbones", help="list the registry")
+    p = sub.add_parser("backbones", help="list the registry (--hub: the keras-hub presets)")
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        help='the keras-hub image presets, as backbone "hub:NAME" (pip install "featx[hub]")',
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = sub.add_parser("heads", help="list the heads: kinds, what they are, their grids")
@@ -1158,6 +1169,8 @@ def _similar(args: argparse.Namespace) -> Result:
 def _backbones(args: argparse.Namespace) -> Result:
     from featx.backbones import list_backbones
 
+    if args.hub:
+        return _hub_presets()
     rows = [
         {
             "name": s.name,
@@ -1177,6 +1190,21 @@ def _backbones(args: argparse.Namespace) -> Result:
         ]
     )
     return {"backbones": rows}, text
+
+
+def _hub_presets() -> Result:
+    from featx.hub import HUB_PREFIX, OUTPUT_POOLINGS, list_presets
+
+    rows = [{"backbone": HUB_PREFIX + r["preset"], **r} for r in list_presets()]
+    text = "\n".join(
+        [f"{'backbone':<44}{'family':<22}{'params':>14}  output (poolings)"]
+        + [
+            f"{r['backbone']:<44}{r['family']:<22}{r['params'] or 0:>14,}  {r['output']} "
+            f"({', '.join(OUTPUT_POOLINGS[r['output']])})"
+            for r in rows
+        ]
+    )
+    return {"presets": rows}, text
 
 
 def _heads_command(args: argparse.Namespace) -> Result:

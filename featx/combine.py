@@ -293,7 +293,7 @@ def member_label(member: BackboneConfig) -> str:
     text = " + ".join(backbone_name(b) for b in member.backbone)
     if member.input_size != (None,):
         text += f"@{size_label(list(member.input_size))}"
-    if member.pooling != "avg":
+    if member.pooling not in (None, "avg"):
         text += f" {member.pooling}"
     layers = [lay for lay in member.layer if lay]
     if layers:

@@ -163,17 +163,24 @@ class BackboneConfig:
     Parameters
     ----------
     backbone : str, path, keras.Model, Backbone, or a list of them
-        A registry name (``featx backbones``), a ``.keras``/``.h5`` model file, your own
+        A registry name (``featx backbones``), a keras-hub preset (``"hub:dinov2_small"``,
+        ``featx backbones --hub``), a ``.keras``/``.h5`` model file, your own
         ``keras.Model``, a :class:`~featx.backbones.Backbone`; a list concatenates the
         embeddings of several networks.
     weights : "imagenet", None or path, default "imagenet"
-        ``None`` is a seeded random initialisation (registry models only).
+        ``None`` is a seeded random initialisation (registry models and keras-hub presets
+        only). For a keras-hub preset ``"imagenet"`` means the preset's own weights.
     input_size : int, (height, width), list of them, or None
         A list embeds at every size and concatenates (see the module's description).
-    pooling : {"avg", "max", "avg+max"}, default "avg"
+    pooling : str, optional
+        None is the backbone's default: ``"avg"`` of a feature map (or ``"max"``,
+        ``"avg+max"``), ``"cls"`` of a keras-hub ViT's tokens (or ``"mean"``,
+        ``"cls+mean"``).
     layer : str, None or a list of them
         Embed this layer instead of the last block; a list concatenates layers.
-    resize : {"stretch", "center_crop"}, default "stretch"
+    resize : {"stretch", "center_crop"}, optional
+        None is the backbone's own policy (a keras-hub preset's converter), else
+        ``"stretch"``.
     seed : int, default 0
         Seed of the random initialisation when ``weights=None``.
     precision : {"float32", "bfloat16", "float16"}, default "float32"
@@ -191,9 +198,9 @@ class BackboneConfig:
     backbone: Any = "MobileNetV2"
     weights: Any = "imagenet"
     input_size: Any = None
-    pooling: str = "avg"
+    pooling: str | None = None
     layer: Any = None
-    resize: str = "stretch"
+    resize: str | None = None
     seed: int = 0
     precision: str = "float32"
     preprocess: Any = None
@@ -310,6 +317,10 @@ class BackboneConfig:
 
 def backbone_name(backbone: Any) -> str:
     """The short name of one backbone value: a registry or file name, a model's name."""
+    if isinstance(backbone, str) and backbone.startswith("hub:"):
+        from featx.hub import hub_name
+
+        return hub_name(backbone)
     if isinstance(backbone, (str, os.PathLike)):
         return Path(os.fspath(backbone)).name
     label = getattr(backbone, "label", None)

@@ -39,6 +39,7 @@ from featx.combine import CombinedExtractor, extractor_for
 from featx.config import BackboneConfig, size_label
 from featx.embeddings import Embeddings
 from featx.extract import Extractor
+from featx.hub import hub_name, is_hub_name
 from featx.learning import LearningData, LearnResult, learn_data, resolve_head
 from featx.results import TABLE_WIDTH, Result, jsonable, text_table
 from featx.splits import PROTOCOLS, Splits, resolve_splits
@@ -259,9 +260,9 @@ def evaluate(
     backbone: str | Backbone | Any = "MobileNetV2",
     weights: str | os.PathLike | None = "imagenet",
     input_size: int | tuple[int, int] | list[Any] | None = None,
-    pooling: str = "avg",
+    pooling: str | None = None,
     layer: str | None = None,
-    resize: str = "stretch",
+    resize: str | None = None,
     precision: str = "float32",
     head: str | Any = "logreg",
     grid: Mapping[str, Any] | None = None,
@@ -473,9 +474,9 @@ def compare(
     heads: Sequence[str | Any] = ("logreg",),
     weights: str | os.PathLike | None = "imagenet",
     input_size: int | tuple[int, int] | list[Any] | None = None,
-    pooling: str = "avg",
+    pooling: str | None = None,
     layer: str | None = None,
-    resize: str = "stretch",
+    resize: str | None = None,
     precision: str = "float32",
     baselines: bool | None = None,
     grids: Mapping[str, Mapping[str, Any]] | None = None,
@@ -722,6 +723,8 @@ def _baselines(first: BackboneConfig) -> list[BackboneConfig]:
     name = first.backbone[0] if len(first.backbone) == 1 else None
     if _is_registry_name(name) and first.weights is not None:
         configs.append(first.replace(weights=None, label=f"{get_spec(name).name} (random weights)"))
+    elif is_hub_name(name) and first.weights is not None:
+        configs.append(first.replace(weights=None, label=f"{hub_name(name)} (random weights)"))
     configs.append(BackboneConfig(RawPixels(RAW_PIXELS_SIZE)))
     return configs
 

@@ -122,7 +122,8 @@ def export(
         "input_size": [height, width],
         "input": (
             f"uint8 RGB images of {height}x{width}, resized as featx does (Pillow, "
-            f"resize={transformer.resize!r}); output: probabilities in the order of classes"
+            f"resize={transformer.resize or 'stretch'!r}); output: probabilities in the order "
+            "of classes"
         ),
         "backbone": backbone.name,
         "pooling": backbone.pooling,
@@ -184,6 +185,7 @@ def _parts(classifier: Any) -> tuple[Any, Any]:
 def _backbone(transformer: Any) -> tuple[Any, Any]:
     from featx.backbones import KerasBackbone, resolve_backbone
     from featx.config import CONFIG_KEYS, BackboneConfig
+    from featx.hub import is_hub_name
 
     params = transformer.get_params()
     config = BackboneConfig(**{k: params[k] for k in CONFIG_KEYS if k != "label"})
@@ -196,6 +198,12 @@ def _backbone(transformer: Any) -> tuple[Any, Any]:
     if config.precision != "float32":
         raise ValueError(
             f"The classifier's backbone computes in {config.precision}; only float32 exports."
+        )
+    if is_hub_name(config.backbone[0]):
+        raise ValueError(
+            f"The classifier embeds with the keras-hub preset {config.backbone[0]!r}, which "
+            "does not export yet (its converter and token pooling are not folded into the "
+            "exported model). Export a classifier on a registry backbone or your own model."
         )
     backbone = resolve_backbone(config.backbone[0], **config.network_kwargs())
     if not isinstance(backbone, KerasBackbone):

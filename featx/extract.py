@@ -63,22 +63,29 @@ class Extractor:
     Parameters
     ----------
     backbone : str, keras.Model, path or Backbone, default "MobileNetV2"
-        A registry name (``featx backbones`` lists them), your own ``keras.Model``, the
+        A registry name (``featx backbones`` lists them), a keras-hub preset
+        (``"hub:dinov2_small"``; ``featx backbones --hub``), your own ``keras.Model``, the
         path of a saved ``.keras``/``.h5`` model, or a :class:`~featx.backbones.Backbone`.
     weights : "imagenet", None or path, default "imagenet"
-        ``"imagenet"`` downloads through Keras' own cache; ``None`` is a seeded random
-        initialisation (a baseline, reproducible across processes); a path loads that file.
+        ``"imagenet"`` downloads through Keras' own cache (a keras-hub preset: its own
+        weights, through keras-hub's); ``None`` is a seeded random initialisation (a
+        baseline, reproducible across processes); a path loads that file.
     input_size : int or (height, width), optional
         Defaults to the backbone's default size.
-    pooling : {"avg", "max", "avg+max"}, default "avg"
+    pooling : str, optional
+        The backbone's default when None: ``"avg"`` for feature maps (also ``"max"``,
+        ``"avg+max"``), ``"cls"`` for keras-hub ViTs (also ``"mean"``, ``"cls+mean"``);
+        see :class:`~featx.backbones.HubBackbone`.
     layer : str, optional
         Embed this layer's (pooled) output instead of the last convolutional block.
     view : featx.augment.View, optional
         A deterministic transformation of each resized image before the network (a
         mirror, a crop, one seeded augmented copy; see :mod:`featx.augment`). Its
         ``identity()`` is part of the fingerprint, so every view is cached apart.
-    resize : {"stretch", "center_crop"}, default "stretch"
-        How images reach ``input_size`` (see :mod:`featx.images`).
+    resize : {"stretch", "center_crop"}, optional
+        How images reach ``input_size`` (see :mod:`featx.images`). None: the policy the
+        backbone's preprocessing prescribes (a keras-hub preset's converter), else
+        ``"stretch"``; a policy that contradicts the preset's converter is refused.
     background : (r, g, b), default white
         Colour transparent pixels are composited on.
     batch_size : int, default 32
@@ -131,9 +138,9 @@ class Extractor:
         *,
         weights: str | os.PathLike | None = "imagenet",
         input_size: int | tuple[int, int] | None = None,
-        pooling: str = "avg",
+        pooling: str | None = None,
         layer: str | None = None,
-        resize: str = "stretch",
+        resize: str | None = None,
         background: tuple[int, int, int] = WHITE,
         batch_size: int = 32,
         cache_dir: str | os.PathLike | None = "auto",
@@ -151,7 +158,7 @@ class Extractor:
         ray_gpus_per_actor: float = 0.0,
     ) -> None:
         check_engine_options(engine, address, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
-        if resize not in RESIZE_POLICIES:
+        if resize is not None and resize not in RESIZE_POLICIES:
             raise ValueError(
                 f"resize={resize!r} is not supported. Expected one of {RESIZE_POLICIES}."
             )
@@ -176,7 +183,7 @@ class Extractor:
             )
         self.config = config
         self.backbone = resolve_backbone(config.backbone[0], **config.network_kwargs())
-        self.resize = resize
+        self.resize = resize = _resize_policy(resize, self.backbone)
         self.background = background
         self.batch_size = int(batch_size)
         self.on_error = on_error
@@ -427,6 +434,18 @@ class Extractor:
         n_computed = len(todo) - len(batches.failures)
         self.cache.record_cost(self.fingerprint, n_computed, time.perf_counter() - started)
         return batches.failures
+
+
+def _resize_policy(resize: str | None, backbone: Backbone) -> str:
+    """The resize policy: the one given, else the backbone's own, else ``"stretch"``."""
+    own = getattr(backbone, "resize", None)
+    if resize is not None and own is not None and resize != own:
+        raise ValueError(
+            f"resize={resize!r} contradicts the preprocessing of {backbone.name!r}, whose "
+            f"image converter resizes by {own!r} (featx follows a preset's converter, as it "
+            "does its scale and offset). Leave resize out."
+        )
+    return resize or own or "stretch"
 
 
 class _BatchStream:

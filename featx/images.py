@@ -353,8 +353,15 @@ def _resize(img: Image.Image, size: tuple[int, int], policy: str) -> Image.Image
     scale = max(width / w, height / h)
     left = (w * scale - width) / 2
     top = (h * scale - height) / 2
-    # Resize and crop in one resampling pass: the box is in source coordinates.
-    box = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
+    # Resize and crop in one resampling pass: the box is in source coordinates. Where one
+    # side fits exactly, rounding can put its edges a hair outside the image (150x110 to
+    # 112x112: top = -7e-15), which Pillow refuses: clip them onto it.
+    box = (
+        max(0.0, left / scale),
+        max(0.0, top / scale),
+        min(float(w), (left + width) / scale),
+        min(float(h), (top + height) / scale),
+    )
     return img.resize((width, height), Image.Resampling.BILINEAR, box=box)
 
 

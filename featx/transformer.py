@@ -47,19 +47,22 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     Parameters
     ----------
     backbone : str, keras.Model, path or Backbone, default "MobileNetV2"
-        A registry name (``featx backbones`` lists them), your own ``keras.Model``, the
-        path of a saved ``.keras``/``.h5`` model, or a :class:`~featx.backbones.Backbone`.
+        A registry name (``featx backbones`` lists them), a keras-hub preset
+        (``"hub:dinov2_small"``), your own ``keras.Model``, the path of a saved
+        ``.keras``/``.h5`` model, or a :class:`~featx.backbones.Backbone`.
     weights : "imagenet", None or path, default "imagenet"
         ``None`` is a seeded random initialisation (a baseline).
     input_size : int, (height, width) or list of them, optional
         Defaults to the backbone's default size. A list (``[160, 224]``) embeds every
         image at each size and concatenates the embeddings (multi-scale).
-    pooling : {"avg", "max", "avg+max"}, default "avg"
-        ``"avg+max"`` concatenates both poolings of one forward pass.
+    pooling : str, optional
+        None is the backbone's default (``"avg"``; ``"cls"`` for keras-hub ViTs);
+        ``"avg+max"`` (``"cls+mean"``) concatenates both poolings of one forward pass.
     layer : str or list of str, optional
         Embed this layer's (pooled) output instead of the last convolutional block; a
         list concatenates several layers (``None`` in it is the last block).
-    resize : {"stretch", "center_crop"}, default "stretch"
+    resize : {"stretch", "center_crop"}, optional
+        None is the backbone's own policy (a keras-hub preset's converter), else "stretch".
     tta : None, "flip", "crop", "flip+crop" or list of views, default None
         Test-time augmentation: embed these deterministic views of every image (the
         image itself included) and combine them (see :mod:`featx.augment`).
@@ -134,9 +137,9 @@ class EmbeddingTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         backbone: str | os.PathLike | Backbone | Any = "MobileNetV2",
         weights: str | os.PathLike | None = "imagenet",
         input_size: int | tuple[int, int] | None = None,
-        pooling: str = "avg",
+        pooling: str | None = None,
         layer: str | None = None,
-        resize: str = "stretch",
+        resize: str | None = None,
         batch_size: int = 32,
         cache_dir: str | os.PathLike | None = "auto",
         seed: int = 0,

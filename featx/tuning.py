@@ -6,10 +6,10 @@ chooses on data that the final score never sees, refits the best pipeline, and
 reports every configuration tried with its cost.
 
 Embeddings are extracted once per (input size, view, augmented copy), as ordinary
-cache entries, always with ``pooling="avg+max"``: the ``"avg"`` and ``"max"``
-embeddings are the two halves of that vector (bit-identical to extracting them
-alone), so a pooling costs no second forward pass, and any later search reads every
-pooling back from the cache. Every configuration is then assembled from these
+cache entries, always with ``pooling="avg+max"`` (``"cls+mean"`` for keras-hub ViTs): the
+``"avg"`` and ``"max"`` embeddings are the two halves of that vector (bit-identical to
+extracting them alone), so a pooling costs no second forward pass, and any later search
+reads every pooling back from the cache. Every configuration is then assembled from these
 blocks in memory, and a second run reads everything from the cache.
 
 Protocols, chosen by the data given (as :func:`featx.evaluation.evaluate` does):
@@ -48,7 +48,7 @@ from sklearn.model_selection import ParameterGrid
 from threadpoolctl import threadpool_limits
 
 from featx.augment import Compose, View, resolve_augment, resolve_tta, view_label
-from featx.backbones import Backbone, resolve_backbone
+from featx.backbones import ALL_POOLINGS, Backbone, resolve_backbone
 from featx.config import as_sizes, size_label
 from featx.extract import Extractor
 from featx.heads import default_grid, make_head, resolve_grid
@@ -191,7 +191,7 @@ def tune(
     grids: Mapping[str, Mapping[str, Any]] | None = None,
     cv: int = 5,
     inner_cv: int = INNER_FOLDS,
-    resize: str = "stretch",
+    resize: str | None = None,
     cache_dir: str | os.PathLike | None = "auto",
     batch_size: int = 32,
     seed: int = 0,
@@ -211,7 +211,8 @@ def tune(
     space : dict, optional
         Values to search per dimension; missing keys take :data:`DEFAULT_SPACE`'s:
         ``input_size`` (ints, or lists of ints to concatenate), ``tta`` (None, "flip",
-        "crop", "flip+crop"), ``pooling`` ("avg", "max", "avg+max"), ``augment``
+        "crop", "flip+crop"), ``pooling`` ("avg", "max", "avg+max"; for a keras-hub ViT
+        "cls", "mean", "cls+mean"), ``augment``
         (None or a number of seeded copies, see :class:`featx.augment.AugmentPolicy`)
         and ``head`` (:func:`~featx.heads.make_head` kinds). The first value of every
         dimension is the *baseline*.
@@ -387,7 +388,7 @@ class _Blocks:
         else:
             # Both poolings come from one forward pass: always cache both, so that any
             # pooling of any later search is read back, not recomputed.
-            self.pooling = "avg+max"
+            self.pooling = _pooling_union(poolings)
         if splits.precomputed:
             raise ValueError(
                 "tune() embeds the images at every size and view it searches; it cannot "
@@ -515,12 +516,30 @@ class _Assembled(Mapping):
         return len(self._configs)
 
 
+def _pooling_union(poolings: set[str]) -> str:
+    """The pooling whose vector holds every searched one: "avg+max" for feature maps,
+    "cls+mean" for keras-hub ViTs' tokens."""
+    unions = {union for union in ALL_POOLINGS if "+" in union and poolings <= _parts(union)}
+    if not unions:
+        raise ValueError(
+            f"space['pooling']={sorted(poolings)} mixes poolings of different network "
+            "outputs; search feature-map poolings (avg, max, avg+max) or token poolings "
+            "(cls, mean, cls+mean), as the backbone's output is."
+        )
+    return unions.pop()
+
+
+def _parts(pooling: str) -> set[str]:
+    return {pooling, *pooling.split("+")}
+
+
 def _pool(block: dict[str, np.ndarray], have: str, want: str) -> dict[str, np.ndarray]:
     if have == want:
         return block
-    half = next(iter(block.values())).shape[1] // 2  # "avg+max" is avg, then max
-    part = slice(0, half) if want == "avg" else slice(half, None)
-    return {split: X[:, part] for split, X in block.items()}
+    parts = have.split("+")  # "avg+max" is avg, then max; "cls+mean" is cls, then mean
+    width = next(iter(block.values())).shape[1] // len(parts)
+    start = parts.index(want) * width
+    return {split: X[:, start : start + width] for split, X in block.items()}
 
 
 # -- what the search found -----------------------------------------------------------------------

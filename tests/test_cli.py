@@ -122,9 +122,11 @@ def test_help_shows_each_default_and_what_top_means(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for shown in ("(default: MobileNetV2)", "(default: imagenet)", "(default: avg)",
-                  "(default: 32)", "(default: logreg,svm,mlp)"):  # fmt: skip
+    for shown in ("(default: MobileNetV2)", "(default: imagenet)", "(default: 32)",
+                  "(default: logreg,svm,mlp)"):  # fmt: skip
         assert shown in text
+    # --pooling's default depends on the network: its help says which.
+    assert "none given: avg for feature maps, cls for keras-hub ViTs" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     with pytest.raises(SystemExit):
         main(["predict", "--help"])

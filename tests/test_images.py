@@ -224,6 +224,18 @@ def test_center_crop_keeps_the_aspect_ratio_and_drops_the_borders():
     assert (out[..., 1] == 255).all()
 
 
+@pytest.mark.parametrize("source", [(150, 110), (110, 150), (300, 220), (97, 131)])
+def test_center_crop_where_one_side_fits_exactly_up_to_rounding(source):
+    # 150x110 to 112x112 scales by 112/110, and 110 * (112/110) is 111.99999999999999:
+    # the crop box's top came out at -7e-15, which Pillow refused ("box offset can't be
+    # negative"), as it did for one intel6 photo.
+    image = encode(Image.new("RGB", source, GREEN), "JPEG", quality=95)
+    for size in [(112, 112), (100, 100), (64, 48)]:
+        out = decode(image, size, resize="center_crop")
+        assert out.shape == (*size, 3)
+        assert abs(int(out[..., 1].mean()) - 255) <= 2
+
+
 def test_stretch_squeezes_the_whole_image_borders_included():
     out = decode(bordered_wide_image(), SIZE, resize="stretch")
     assert out.shape == (*SIZE, 3)
