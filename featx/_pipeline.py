@@ -68,12 +68,14 @@ def extraction_spec(
     resize: str,
     background: tuple[int, int, int],
     view: View | None = None,
+    decoder: str = "fast",
 ) -> dict[str, Any]:
     """What one network's vectors depend on: the network, the image policy, the view."""
+    images = {"resize": resize, "background": list(background), "decoder": DECODER_VERSION}
     spec: dict[str, Any] = {
         "format": FINGERPRINT_FORMAT,
         "backbone": backbone_identity,
-        "images": {"resize": resize, "background": list(background), "decoder": DECODER_VERSION},
+        "images": {**images, "decoded_by": decoder},
     }
     if view is not None:  # absent otherwise, so plain extractions keep their fingerprints
         spec["view"] = view.identity()
@@ -82,12 +84,14 @@ def extraction_spec(
 
 @dataclass(frozen=True)
 class Decoding:
-    """How an input becomes the network's pixels: size, resize policy, background, view."""
+    """How an input becomes the network's pixels: size, resize policy, background, view
+    and decoder."""
 
     input_size: tuple[int, int]
     resize: str
     background: tuple[int, int, int]
     view: View | None = None
+    decoder: str = "fast"
 
     def decode(self, content: bytes | np.ndarray, name: str) -> tuple[str, np.ndarray]:
         """The content key and the network's input pixels of one input (every engine's path).
@@ -99,7 +103,7 @@ class Decoding:
         if isinstance(content, bytes):
             pixels = decode(
                 content, self.input_size, resize=self.resize, background=self.background,
-                name=quote(name),
+                name=quote(name), decoder=self.decoder,
             )  # fmt: skip
         else:
             pixels = array_to_rgb(content, self.input_size, resize=self.resize, name=name)

@@ -22,6 +22,7 @@ from featx.backbones import ALL_POOLINGS as POOLINGS
 from featx.demo import FLOWERS_URL
 from featx.exporting import EXPORT_FORMATS
 from featx.heads import HEAD_KINDS, HEADS, grid_key
+from featx.images import DECODERS
 
 __all__ = ["flag_wording", "main", "parse_backbone_spec", "parse_backbones"]
 
@@ -333,6 +334,13 @@ def _parser() -> argparse.ArgumentParser:
         "--label-column",
         default=None,
         help="the manifest's label column (default: 'label' if present)",
+    )
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="fast",
+        help="JPEGs through libjpeg-turbo and OpenCV (fast), or Pillow for every image, as "
+        "featx before decoder version 3",
     )
     p.add_argument(
         "--engine",
@@ -708,6 +716,7 @@ def _extract(args: argparse.Namespace) -> Result:
         args.backbone,
         **_network(args),
         **_run(args),
+        decoder=args.decoder,
         on_error=args.on_error,
         engine=args.engine,
         address=args.address,

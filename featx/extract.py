@@ -50,7 +50,7 @@ from featx.cache import EmbeddingCache
 from featx.config import BackboneConfig, backbone_name
 from featx.distributed import RayOptions, check_engine_options, compute_on_ray
 from featx.embeddings import Embeddings, FolderWriter
-from featx.images import RESIZE_POLICIES, WHITE, DecodeError
+from featx.images import DECODERS, RESIZE_POLICIES, WHITE, DecodeError
 from featx.images import to_rgb as _pil_to_rgb
 from featx.sources import ImageSet, resolve_source
 
@@ -88,6 +88,10 @@ class Extractor:
         ``"stretch"``; a policy that contradicts the preset's converter is refused.
     background : (r, g, b), default white
         Colour transparent pixels are composited on.
+    decoder : {"fast", "pillow"}, default "fast"
+        Who decodes and resizes images (see :mod:`featx.images`): libjpeg-turbo and
+        OpenCV for JPEGs (Pillow for other formats), or Pillow alone, exactly as featx
+        before ``DECODER_VERSION`` 3. Part of the fingerprint.
     batch_size : int, default 32
         Every batch runs at exactly this size (the last one padded).
     cache_dir : path, "auto" or None, default "auto"
@@ -142,6 +146,7 @@ class Extractor:
         layer: str | None = None,
         resize: str | None = None,
         background: tuple[int, int, int] = WHITE,
+        decoder: str = "fast",
         batch_size: int = 32,
         cache_dir: str | os.PathLike | None = "auto",
         seed: int = 0,
@@ -163,6 +168,11 @@ class Extractor:
                 f"resize={resize!r} is not supported. Expected one of {RESIZE_POLICIES}."
             )
         check_on_error(on_error)
+        if decoder not in DECODERS:
+            raise ValueError(
+                f"decoder={decoder!r} is not supported. Expected one of {DECODERS}: 'fast' "
+                "(libjpeg-turbo and OpenCV for JPEGs) or 'pillow' (featx before version 3)."
+            )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
         background = tuple(int(c) for c in background)
@@ -185,6 +195,7 @@ class Extractor:
         self.backbone = resolve_backbone(config.backbone[0], **config.network_kwargs())
         self.resize = resize = _resize_policy(resize, self.backbone)
         self.background = background
+        self.decoder = decoder
         self.batch_size = int(batch_size)
         self.on_error = on_error
         self.workers = workers or min(8, os.cpu_count() or 1)
@@ -193,7 +204,9 @@ class Extractor:
         self.ray = RayOptions(ray_actors, float(ray_cpus_per_actor), float(ray_gpus_per_actor))
         self.cache = EmbeddingCache(cache_dir)
         self.view = view
-        self.spec = extraction_spec(self.backbone.identity(), resize, background, view)
+        self.spec = extraction_spec(
+            self.backbone.identity(), resize, background, view, decoder=decoder
+        )
         self.fingerprint = fingerprint(self.spec)
 
     def __repr__(self) -> str:
@@ -245,7 +258,7 @@ class Extractor:
 
     @property
     def decoding(self) -> Decoding:
-        return Decoding(self.input_size, self.resize, self.background, self.view)
+        return Decoding(self.input_size, self.resize, self.background, self.view, self.decoder)
 
     def _task(self) -> ComputeTask:
         return ComputeTask(self.backbone, self.decoding, self.batch_size, self.cache,

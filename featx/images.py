@@ -29,14 +29,29 @@ The policy, in the order it is applied:
      the range found, since any guess would change the picture. An image whose
      values all lie in [0, 1] is read as 0-1 even if it was meant as a very dark
      0-255 image.
-7. **Resize** to the target (height, width) with Pillow's antialiased bilinear
-   filter, by one of two documented policies:
+7. **Resize** to the target (height, width) by one of two documented policies:
 
    - ``"stretch"`` (default): the whole image is resized to the target, changing
      the aspect ratio if needed (what ``keras.utils.load_img(target_size=...)``
      and ``image_dataset_from_directory`` do);
    - ``"center_crop"``: the shorter side is resized to the target, then the
      centre is cropped (keeps the aspect ratio, loses the borders).
+
+Two decoders apply this policy (``decoder=``, one of :data:`DECODERS`):
+
+- ``"fast"`` (default): JPEGs in RGB or grayscale are decoded by libjpeg-turbo
+  through ``simplejpeg`` (at 1/2, 1/4 or 1/8 DCT scale by the same rule as step 3) and
+  resized by OpenCV: area averaging plus a small low-pass that matches the width of
+  Pillow's antialiased filter where the image shrinks, bilinear where it grows. Both
+  release the GIL. The EXIF orientation is applied to the decoded array. Where nothing
+  is resized its pixels are Pillow's; resized, MobileNetV2 vectors stay within a mean
+  cosine of 0.997 of the Pillow path's (a plain bilinear resize, 2x cheaper still, gave
+  0.961: rejected). It costs about 10% less CPU per photo than the Pillow path
+  (``benchmarks/speed_table.py`` measures both, ``--decoder-fidelity`` the vectors).
+  Every other input (PNG, CMYK JPEG, GIF, TIFF, ...), and any JPEG that libjpeg-turbo
+  reports damaged, takes the Pillow path, so errors read the same.
+- ``"pillow"``: Pillow for every format, with its antialiased bilinear filter
+  (the only decoder before version 3).
 
 ``DECODER_VERSION`` changes whenever this policy changes in a way that changes
 pixels; it is part of every cache fingerprint, so vectors decoded under an older
@@ -47,6 +62,9 @@ policy are not reused. Its history:
   to 0-255, so a 0-1 float TIFF became a near-black image of 0s and 1s); float
   images outside [0, 255] and integer images outside 0-65535 are refused instead of
   clipped. 8-bit and 16-bit images decode exactly as in version 1.
+- 3: the ``"fast"`` decoder (libjpeg-turbo and OpenCV for JPEGs) became the default;
+  the fingerprint names the decoder, so vectors of the two decoders never mix.
+  ``decoder="pillow"`` decodes exactly as version 2.
 """
 
 from __future__ import annotations
@@ -62,6 +80,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 __all__ = [
+    "DECODERS",
     "DECODER_VERSION",
     "MAX_PIXELS",
     "RESIZE_POLICIES",
@@ -73,7 +92,9 @@ __all__ = [
     "to_rgb",
 ]
 
-DECODER_VERSION = 2
+DECODER_VERSION = 3
+#: The decoders :func:`decode` offers: libjpeg-turbo + OpenCV for JPEGs, or Pillow alone.
+DECODERS = ("fast", "pillow")
 MAX_PIXELS = 100_000_000
 RESIZE_POLICIES = ("stretch", "center_crop")
 WHITE = (255, 255, 255)
@@ -98,8 +119,11 @@ def decode(
     background: tuple[int, int, int] = WHITE,
     name: str = "image",
     max_pixels: int = MAX_PIXELS,
+    decoder: str = "fast",
 ) -> np.ndarray:
     """Decode encoded image bytes to a ``(height, width, 3)`` uint8 RGB array of ``size``.
+
+    ``decoder`` is one of :data:`DECODERS` (see the module's documentation).
 
     Raises
     ------
@@ -115,6 +139,8 @@ def decode(
     >>> decode(buf.getvalue(), (16, 16)).shape
     (16, 16, 3)
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r} is not supported. Expected one of {DECODERS}.")
     if not data:
         raise DecodeError(name, "the file is empty (0 bytes)")
     # No warnings.catch_warnings() here: it swaps the process-wide filter list, which is
@@ -127,6 +153,10 @@ def decode(
         width, height = img.size
         if width * height > max_pixels:
             raise DecodeError(name, _too_large(f"{width}x{height}", width * height, max_pixels))
+        if decoder == "fast" and img.format == "JPEG" and img.mode in ("RGB", "L"):
+            pixels = _decode_jpeg_fast(data, img, size, resize)
+            if pixels is not None:
+                return pixels
         if img.format == "JPEG":
             side = max(size)
             img.draft(img.mode, (side, side))
@@ -163,6 +193,92 @@ def decode(
         # any of them means this input cannot be decoded, never that the run must stop.
         raise DecodeError(name, f"corrupt image data ({type(exc).__name__}: {exc})") from None
     return resize_rgb(rgb, size, resize)
+
+
+def _draft_factor(width: int, height: int, size: tuple[int, int]) -> int:
+    """Pillow's JPEG draft rule: the largest of 8, 4, 2, 1 that keeps both sides at least
+    the target's larger side (by whole divisions, as ``Image.draft`` computes it)."""
+    side = max(size)
+    scale = min(width // side, height // side)
+    return next(f for f in (8, 4, 2, 1) if scale >= f or f == 1)
+
+
+# Pillow's exif_transpose, as array operations: orientation tag -> (H, W, C) -> (H', W', C).
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
+
+
+def _decode_jpeg_fast(
+    data: bytes, img: Image.Image, size: tuple[int, int], policy: str
+) -> np.ndarray | None:
+    """A JPEG through libjpeg-turbo (simplejpeg) and OpenCV, or None where the Pillow path
+    must decide: the libraries missing, or data libjpeg-turbo reports damaged."""
+    try:
+        import cv2
+        import simplejpeg
+    except ImportError:  # pragma: no cover - both are dependencies of featx
+        return None
+    width, height = img.size
+    factor = _draft_factor(width, height, size)
+    try:
+        # strict: a truncated or corrupt stream raises instead of decoding grey rows.
+        rgb = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=-(-height // factor), min_width=-(-width // factor)
+        )
+    except ValueError:
+        return None
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in _ORIENTATIONS:
+        rgb = _ORIENTATIONS[orientation](rgb)
+    return _resize_array(cv2, rgb, size, policy)
+
+
+def _resize_array(cv2: Any, rgb: np.ndarray, size: tuple[int, int], policy: str) -> np.ndarray:
+    """OpenCV's resize of a uint8 (H, W, 3) array by one of ``RESIZE_POLICIES``."""
+    height, width = size
+    h, w = rgb.shape[:2]
+    if policy == "center_crop":
+        scale = max(width / w, height / h)
+        crop_w = min(w, round(width / scale))
+        crop_h = min(h, round(height / scale))
+        left = (w - crop_w) // 2
+        top = (h - crop_h) // 2
+        rgb = rgb[top : top + crop_h, left : left + crop_w]
+        h, w = crop_h, crop_w
+    elif policy != "stretch":
+        raise ValueError(f"resize={policy!r} is not supported. Expected one of {RESIZE_POLICIES}.")
+    rgb = np.ascontiguousarray(rgb)
+    if (h, w) == (height, width):
+        return rgb
+    shrink_y, shrink_x = h / height, w / width
+    method = cv2.INTER_AREA if shrink_y >= 1 and shrink_x >= 1 else cv2.INTER_LINEAR
+    out = cv2.resize(rgb, (width, height), interpolation=method)
+    if shrink_y > 1 or shrink_x > 1:
+        # Pillow's antialiased bilinear filter reduces by s with a triangle of variance
+        # s^2/6 (input pixels); area averaging is a box of variance s^2/12. The missing
+        # s^2/12 is 1/12 of an output pixel^2: a 3-tap [1, 22, 1]/24 filter along each
+        # shrinking axis adds it. MobileNetV2 vectors of clothing10's test photos against
+        # Pillow's: mean cosine 0.997 at 160 and 224 px, against 0.995 and 0.992 for area
+        # averaging alone and 0.980 and 0.961 for a plain bilinear resize.
+        out = cv2.sepFilter2D(
+            out, -1, _LOW_PASS[shrink_x > 1], _LOW_PASS[shrink_y > 1],
+            borderType=cv2.BORDER_REFLECT,
+        )  # fmt: skip
+    return out
+
+
+# The 1-d kernels of _resize_array: one tap (the axis does not shrink), or variance 1/12.
+_LOW_PASS = {
+    False: np.ones(1, np.float32),
+    True: np.array([1, 22, 1], np.float32) / 24,
+}
 
 
 _SIGNATURES = (
