@@ -650,6 +650,18 @@ class EmbeddingCache:
                 (n_computed, seconds, fingerprint),
             )
 
+    def dim(self, fingerprint: str) -> int | None:
+        """The vector length recorded for ``fingerprint`` (None if it was never registered):
+        a run served from the cache needs it before, or instead of, building the network."""
+        if not self.enabled or not (self.root / "index.sqlite").exists():
+            return None
+        row = (
+            self._connect()
+            .execute("SELECT dim FROM fingerprints WHERE fp = ?", (fingerprint,))
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
     def seconds_per_image(self, fingerprint: str) -> float | None:
         """Mean wall time per computed image under ``fingerprint`` (None if never computed)."""
         if not self.enabled:

@@ -318,7 +318,9 @@ class Extractor:
             FolderWriter.check(out)
         keys, failed = self._content_keys(images, on_error)
         ok = np.flatnonzero([k is not None for k in keys])
-        dim = self.dim
+        # A fingerprint the cache knows gives the length without building the network
+        # (a keras-hub preset takes about a second to build), so a warm run builds nothing.
+        dim = self.cache.dim(self.fingerprint) or self.dim
         ok_keys = [keys[i] for i in ok]
         del keys
         writer = None if out is None else FolderWriter(out, (len(ok), dim))

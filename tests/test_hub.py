@@ -444,6 +444,22 @@ def test_the_cache_computes_each_image_once(presets, image_folder, tmp_path):
     np.testing.assert_array_equal(a.X, b.X)
 
 
+def test_a_warm_run_builds_no_network(presets, image_folder, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = Extractor(presets["vit"], cache_dir=cache, verbose=False).extract(image_folder)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr("featx.backbones.build_network", refuse)
+    warm = Extractor(presets["vit"], cache_dir=cache, verbose=False)
+    again = warm.extract(image_folder)  # the vector length comes from the cache
+    assert (again.cache_hits, again.cache_misses) == (12, 0)
+    np.testing.assert_array_equal(first.X, again.X)
+    with pytest.raises(AssertionError, match="was built"):  # the test can tell
+        warm.extract(_pixels(1, seed=9))
+
+
 def test_an_interrupted_run_resumes_exactly(presets, image_folder, tmp_path):
     clean = Extractor(presets["vit"], cache_dir=None, batch_size=4, verbose=False)
     expected = clean.extract(image_folder).X
