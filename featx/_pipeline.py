@@ -68,14 +68,16 @@ def extraction_spec(
     resize: str,
     background: tuple[int, int, int],
     view: View | None = None,
-    decoder: str = "fast",
+    decoder: str = "pillow",
 ) -> dict[str, Any]:
     """What one network's vectors depend on: the network, the image policy, the view."""
     images = {"resize": resize, "background": list(background), "decoder": DECODER_VERSION}
+    if decoder != "pillow":  # absent for the default, so its fingerprints stay as they were
+        images["decoded_by"] = decoder
     spec: dict[str, Any] = {
         "format": FINGERPRINT_FORMAT,
         "backbone": backbone_identity,
-        "images": {**images, "decoded_by": decoder},
+        "images": images,
     }
     if view is not None:  # absent otherwise, so plain extractions keep their fingerprints
         spec["view"] = view.identity()
@@ -91,7 +93,7 @@ class Decoding:
     resize: str
     background: tuple[int, int, int]
     view: View | None = None
-    decoder: str = "fast"
+    decoder: str = "pillow"
 
     def decode(self, content: bytes | np.ndarray, name: str) -> tuple[str, np.ndarray]:
         """The content key and the network's input pixels of one input (every engine's path).

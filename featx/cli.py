@@ -338,9 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decoder",
         choices=DECODERS,
-        default="fast",
-        help="JPEGs through libjpeg-turbo and OpenCV (fast), or Pillow for every image, as "
-        "featx before decoder version 3",
+        default="pillow",
+        help="Pillow for every image, or fast: JPEGs through libjpeg-turbo and OpenCV, "
+        "about 15%% less CPU per photo, vectors within a mean cosine of 0.997",
     )
     p.add_argument(
         "--engine",

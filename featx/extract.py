@@ -88,10 +88,11 @@ class Extractor:
         ``"stretch"``; a policy that contradicts the preset's converter is refused.
     background : (r, g, b), default white
         Colour transparent pixels are composited on.
-    decoder : {"fast", "pillow"}, default "fast"
-        Who decodes and resizes images (see :mod:`featx.images`): libjpeg-turbo and
-        OpenCV for JPEGs (Pillow for other formats), or Pillow alone, exactly as featx
-        before ``DECODER_VERSION`` 3. Part of the fingerprint.
+    decoder : {"pillow", "fast"}, default "pillow"
+        Who decodes and resizes images (see :mod:`featx.images`): Pillow, or
+        libjpeg-turbo and OpenCV for RGB and grayscale JPEGs (Pillow for the rest),
+        about 15% cheaper per photo with vectors within a mean cosine of 0.997. Part of
+        the fingerprint.
     batch_size : int, default 32
         Every batch runs at exactly this size (the last one padded).
     cache_dir : path, "auto" or None, default "auto"
@@ -146,7 +147,7 @@ class Extractor:
         layer: str | None = None,
         resize: str | None = None,
         background: tuple[int, int, int] = WHITE,
-        decoder: str = "fast",
+        decoder: str = "pillow",
         batch_size: int = 32,
         cache_dir: str | os.PathLike | None = "auto",
         seed: int = 0,
@@ -170,8 +171,8 @@ class Extractor:
         check_on_error(on_error)
         if decoder not in DECODERS:
             raise ValueError(
-                f"decoder={decoder!r} is not supported. Expected one of {DECODERS}: 'fast' "
-                "(libjpeg-turbo and OpenCV for JPEGs) or 'pillow' (featx before version 3)."
+                f"decoder={decoder!r} is not supported. Expected one of {DECODERS}: 'pillow' "
+                "(the default) or 'fast' (libjpeg-turbo and OpenCV for JPEGs)."
             )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")

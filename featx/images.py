@@ -39,19 +39,20 @@ The policy, in the order it is applied:
 
 Two decoders apply this policy (``decoder=``, one of :data:`DECODERS`):
 
-- ``"fast"`` (default): JPEGs in RGB or grayscale are decoded by libjpeg-turbo
-  through ``simplejpeg`` (at 1/2, 1/4 or 1/8 DCT scale by the same rule as step 3) and
-  resized by OpenCV: area averaging plus a small low-pass that matches the width of
-  Pillow's antialiased filter where the image shrinks, bilinear where it grows. Both
-  release the GIL. The EXIF orientation is applied to the decoded array. Where nothing
-  is resized its pixels are Pillow's; resized, MobileNetV2 vectors stay within a mean
-  cosine of 0.997 of the Pillow path's (a plain bilinear resize, 2x cheaper still, gave
-  0.961: rejected). It costs about 10% less CPU per photo than the Pillow path
-  (``benchmarks/speed_table.py`` measures both, ``--decoder-fidelity`` the vectors).
-  Every other input (PNG, CMYK JPEG, GIF, TIFF, ...), and any JPEG that libjpeg-turbo
-  reports damaged, takes the Pillow path, so errors read the same.
-- ``"pillow"``: Pillow for every format, with its antialiased bilinear filter
-  (the only decoder before version 3).
+- ``"pillow"`` (default): Pillow for every format, with its antialiased bilinear filter.
+- ``"fast"``: JPEGs in RGB or grayscale are decoded by libjpeg-turbo through
+  ``simplejpeg`` (at 1/2, 1/4 or 1/8 DCT scale by the same rule as step 3) and resized by
+  OpenCV: area averaging plus a small low-pass that matches the width of Pillow's
+  antialiased filter where the image shrinks, bilinear where it grows. Both release the
+  GIL. The EXIF orientation is applied to the decoded array. Where nothing is resized its
+  pixels are Pillow's; resized, MobileNetV2 vectors stay within a mean cosine of 0.997 of
+  the Pillow path's (a plain bilinear resize, 2x cheaper still, gave 0.961: rejected).
+  It costs about 15% less CPU per clothing10 photo than the Pillow path, which is 1-3% of
+  a cold extraction on a CPU (``benchmarks/speed_table.py`` measures both,
+  ``--decoder-fidelity`` the vectors): too little to change every cached vector and
+  published figure by default, worth it where decoding is the bottleneck (a GPU fed by a
+  few cores). Every other input (PNG, CMYK JPEG, GIF, TIFF, ...), and any JPEG that
+  libjpeg-turbo reports damaged, takes the Pillow path, so errors read the same.
 
 ``DECODER_VERSION`` changes whenever this policy changes in a way that changes
 pixels; it is part of every cache fingerprint, so vectors decoded under an older
@@ -62,9 +63,9 @@ policy are not reused. Its history:
   to 0-255, so a 0-1 float TIFF became a near-black image of 0s and 1s); float
   images outside [0, 255] and integer images outside 0-65535 are refused instead of
   clipped. 8-bit and 16-bit images decode exactly as in version 1.
-- 3: the ``"fast"`` decoder (libjpeg-turbo and OpenCV for JPEGs) became the default;
-  the fingerprint names the decoder, so vectors of the two decoders never mix.
-  ``decoder="pillow"`` decodes exactly as version 2.
+
+The ``"fast"`` decoder's vectors carry its name in their fingerprint (``decoded_by``), so
+the two decoders' vectors never mix, and the Pillow path's fingerprints are unchanged.
 """
 
 from __future__ import annotations
@@ -92,9 +93,9 @@ __all__ = [
     "to_rgb",
 ]
 
-DECODER_VERSION = 3
+DECODER_VERSION = 2
 #: The decoders :func:`decode` offers: libjpeg-turbo + OpenCV for JPEGs, or Pillow alone.
-DECODERS = ("fast", "pillow")
+DECODERS = ("pillow", "fast")
 MAX_PIXELS = 100_000_000
 RESIZE_POLICIES = ("stretch", "center_crop")
 WHITE = (255, 255, 255)
@@ -119,7 +120,7 @@ def decode(
     background: tuple[int, int, int] = WHITE,
     name: str = "image",
     max_pixels: int = MAX_PIXELS,
-    decoder: str = "fast",
+    decoder: str = "pillow",
 ) -> np.ndarray:
     """Decode encoded image bytes to a ``(height, width, 3)`` uint8 RGB array of ``size``.
 

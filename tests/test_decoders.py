@@ -1,4 +1,4 @@
-"""The two decoders: libjpeg-turbo + OpenCV for JPEGs ("fast", the default) and Pillow.
+"""The two decoders: Pillow (the default) and libjpeg-turbo + OpenCV for JPEGs ("fast").
 
 The fast path must give Pillow's pixels wherever no resize happens, near them where one
 does, take Pillow's path for everything else, and fail exactly as Pillow's path does.
@@ -62,7 +62,7 @@ JPEG_KINDS = {
 def test_fast_gives_pillows_pixels_when_nothing_is_resized(kind, calls):
     mode, params = JPEG_KINDS[kind]
     data = encode(smooth(400, 300).convert(mode), **params)
-    fast = decode(data, (300, 400))
+    fast = decode(data, (300, 400), decoder="fast")
     assert len(calls) == 1  # the fast path decoded it
     np.testing.assert_array_equal(fast, decode(data, (300, 400), decoder="pillow"))
 
@@ -73,7 +73,7 @@ def test_fast_gives_pillows_pixels_when_nothing_is_resized(kind, calls):
 def test_fast_resizes_close_to_pillow(kind, size, resize):
     mode, params = JPEG_KINDS[kind]
     data = encode(smooth(400, 300).convert(mode), **params)
-    fast = decode(data, size, resize=resize).astype(int)
+    fast = decode(data, size, resize=resize, decoder="fast").astype(int)
     pillow = decode(data, size, resize=resize, decoder="pillow").astype(int)
     assert fast.shape == pillow.shape == (*size, 3)
     # Measured 0.25-0.93 mean, 2-5 max: the filters differ, the picture does not.
@@ -125,23 +125,24 @@ def test_every_exif_orientation_decodes_upright_as_pillow_does(orientation, call
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
     data = encode(stored, quality=95, subsampling=0, exif=exif)
-    fast = decode(data, (40, 60))
+    fast = decode(data, (40, 60), decoder="fast")
     assert calls and calls[-1]["shape"] == (stored.height, stored.width, 3)
     # Pillow's own exif_transpose is the reference: identical pixels, no resize involved.
     np.testing.assert_array_equal(fast, decode(data, (40, 60), decoder="pillow"))
     upright = np.asarray(scene(), dtype=int)
     assert np.abs(fast.astype(int) - upright).mean() < 3
     if orientation != 1:  # the test can tell: ignoring the tag leaves the scene turned
-        plain = decode(encode(stored, quality=95, subsampling=0), (40, 60)).astype(int)
+        plain = decode(encode(stored, quality=95, subsampling=0), (40, 60), decoder="fast")
+        plain = plain.astype(int)
         assert np.abs(plain - upright).mean() > 30
 
 
 def test_a_large_jpeg_is_decoded_at_a_reduced_dct_scale_as_pillows_draft(calls):
     data = encode(smooth(2000, 1600), quality=90)
-    fast = decode(data, (224, 224)).astype(int)
+    fast = decode(data, (224, 224), decoder="fast").astype(int)
     # Pillow's draft rule: min(2000 // 224, 1600 // 224) = 7 -> scale 1/4 -> 500 x 400.
     assert calls[-1]["shape"] == (400, 500, 3)
-    decode(data, (100, 100))
+    decode(data, (100, 100), decoder="fast")
     assert calls[-1]["shape"] == (200, 250, 3)  # 1/8
     pillow = decode(data, (224, 224), decoder="pillow").astype(int)
     assert np.abs(fast - pillow).mean() < 2.5  # measured 1.2
@@ -152,7 +153,7 @@ def test_other_formats_and_cmyk_jpegs_take_pillows_path_unchanged(calls):
     inputs = [encode(img, "PNG"), encode(img.convert("CMYK"), quality=90), encode(img, "GIF")]
     for data in inputs:
         np.testing.assert_array_equal(
-            decode(data, (24, 24)), decode(data, (24, 24), decoder="pillow")
+            decode(data, (24, 24), decoder="fast"), decode(data, (24, 24), decoder="pillow")
         )
     assert calls == []
 
@@ -195,15 +196,15 @@ def jpeg_claiming(width: int, height: int) -> bytes:
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_an_oversized_jpeg_header_is_refused_before_libjpeg_turbo_runs(calls):
     with pytest.raises(DecodeError, match=r"400,000,000 pixels.*refused from the header"):
-        decode(jpeg_claiming(20000, 20000), (16, 16))
+        decode(jpeg_claiming(20000, 20000), (16, 16), decoder="fast")
     assert calls == []
 
 
 def test_an_unknown_decoder_is_refused_with_the_choices(tmp_path):
     data = encode(smooth(16, 16))
-    with pytest.raises(ValueError, match=r"decoder='turbo'.*\('fast', 'pillow'\)"):
+    with pytest.raises(ValueError, match=r"decoder='turbo'.*\('pillow', 'fast'\)"):
         decode(data, (8, 8), decoder="turbo")
-    with pytest.raises(ValueError, match=r"decoder='turbo'.*'fast'.*'pillow'"):
+    with pytest.raises(ValueError, match=r"decoder='turbo'.*'pillow'.*'fast'"):
         Extractor(CountingBackbone(), cache_dir=None, decoder="turbo")
 
 
@@ -217,6 +218,10 @@ def test_the_decoder_is_part_of_the_fingerprint_and_vectors_do_not_mix(tmp_path)
     }
     assert runs["fast"].fingerprint != runs["pillow"].fingerprint
     assert runs["fast"].spec["images"]["decoded_by"] == "fast"
+    # The default's spec is as it was before the fast decoder: old caches stay valid.
+    assert runs["pillow"].spec["images"] == {"resize": "stretch", "background": [255] * 3,
+                                             "decoder": 2}  # fmt: skip
+    assert Extractor(backbone, cache_dir=None).fingerprint == runs["pillow"].fingerprint
     for extractor in runs.values():
         extractor.extract([path])
     assert len(backbone.seen) == 2  # the second decoder did not reuse the first's vectors
@@ -249,7 +254,7 @@ def test_fast_decoding_matches_pillows_exif_transpose_on_a_real_photo_layout():
     exif = Image.Exif()
     exif[ORIENTATION] = 6
     data = encode(stored, quality=90, exif=exif)
-    fast = decode(data, (300, 200)).astype(int)
+    fast = decode(data, (300, 200), decoder="fast").astype(int)
     reference = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))), dtype=int)
     assert reference.shape == (900, 600, 3)
     pillow = decode(data, (300, 200), decoder="pillow").astype(int)
