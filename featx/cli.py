@@ -20,7 +20,7 @@ from typing import Any
 
 from featx.backbones import ALL_POOLINGS as POOLINGS
 from featx.demo import FLOWERS_URL
-from featx.exporting import EXPORT_FORMATS
+from featx.exporting import EXPORT_FORMATS, QUANTIZATIONS
 from featx.heads import HEAD_KINDS, HEADS, grid_key
 
 __all__ = ["flag_wording", "main", "parse_backbone_spec", "parse_backbones"]
@@ -431,7 +431,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a classifier file written by `featx train`")
     p.add_argument("--out", required=True, help="the .keras file, SavedModel folder or .tflite")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="keras")
-    p.add_argument("--quantize", choices=("dynamic",), help="tflite only: weights stored as int8")
+    p.add_argument(
+        "--quantize",
+        choices=[q for q in QUANTIZATIONS if q],
+        help="tflite only: dynamic stores the weights as int8; int8 quantises weights and "
+        "activations, calibrated on --representative",
+    )
+    p.add_argument(
+        "--representative",
+        metavar="DIR",
+        help="with --quantize int8: a folder of images like the training images (the "
+        "classifier file records no path, so its training folder must be named here)",
+    )
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="the model takes uint8 images of any size and resizes them itself "
+        "(keras and savedmodel)",
+    )
     p.add_argument("--trust", action="append", default=[], metavar="TYPE")
     p.add_argument("--json", action="store_true")
 
@@ -879,11 +896,20 @@ def _export(args: argparse.Namespace) -> Result:
     from featx.exporting import export
 
     model = load_classifier(args.model, trusted=args.trust)
-    result = export(model, args.out, format=args.format, quantize=args.quantize)
+    result = export(
+        model,
+        args.out,
+        format=args.format,
+        quantize=args.quantize,
+        resize=args.resize,
+        representative=args.representative,
+    )
     return result, (
         f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB, "
-        f"{len(result['classes'])} classes, input {result['input_size'][0]}x"
-        f"{result['input_size'][1]} uint8 RGB); classes and input in {result['metadata']}"
+        f"{len(result['classes'])} classes, input "
+        + ("any size, resized to " if args.resize else "")
+        + f"{result['input_size'][0]}x{result['input_size'][1]} uint8 RGB); classes and "
+        f"input in {result['metadata']}"
     )
 
 
