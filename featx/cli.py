@@ -425,7 +425,12 @@ def _parser() -> argparse.ArgumentParser:
         help="load a format-1 classifier file (a pickle: it can run code; only for a file "
         "from a source you trust)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON Lines on stdout: one object per image as each chunk is done, then one "
+        "summary object (it has no 'image' key)",
+    )
 
     p = sub.add_parser("export", help="write a classifier as one Keras / SavedModel / TFLite model")
     p.add_argument("model", help="a classifier file written by `featx train`")
@@ -846,7 +851,6 @@ def _predict(args: argparse.Namespace) -> Result:
     k = min(args.top, len(classes))
     out = Path(args.csv) if args.csv else None
     partial = out.with_name(out.name + ".partial") if out else None
-    rows: list[dict[str, Any]] = []
     counts = {"images": 0, "failed": 0, "labelled": 0, "correct": 0}
     with open(partial, "w", newline="") if partial else contextlib.nullcontext() as f:
         writer = None
@@ -867,11 +871,14 @@ def _predict(args: argparse.Namespace) -> Result:
                 if writer is not None:
                     writer.writerow(_csv_row(row, k))
                 if args.json:
-                    rows.append(_json_row(row))
+                    # Streamed, not gathered: memory stays one chunk's, whatever the count.
+                    print(json.dumps(_json_row(row), ensure_ascii=True), file=args.stdout)
                 else:
                     print(_text_row(row), flush=True)
             if f is not None:
                 f.flush()
+            if args.json:
+                args.stdout.flush()
     if partial:
         os.replace(partial, out)
     summary: dict[str, Any] = {**counts}
@@ -886,8 +893,6 @@ def _predict(args: argparse.Namespace) -> Result:
     if out:
         summary["csv"] = str(out)
         lines.append(f"wrote {out}")
-    if args.json:
-        summary["predictions"] = rows
     return summary, "\n".join(lines)
 
 
@@ -1457,6 +1462,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             sys.meta_path.insert(0, _QuietTensorFlow())
     as_json = getattr(args, "json", False)
+    args.stdout = sys.stdout  # featx predict --json streams its rows here
     wording = functools.partial(flag_wording, parser=args.command_parser)
     try:
         # With --json, stdout carries exactly one JSON object: anything else printed during
