@@ -301,3 +301,69 @@ def test_int8_tflite_converts_with_representative_images_and_runs(three_classes,
     assert got.dtype == np.float32 and got.shape == (len(images), 3)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=0.02)  # int8 softmax steps
     assert json.loads((tmp_path / "m.tflite.json").read_text())["quantize"] == "int8"
+
+
+@pytest.fixture(scope="module")
+def small_logreg(pixels):
+    images, labels = pixels
+    return _fit(images, labels, backbone="VGG16")
+
+
+def test_bad_inputs_are_refused_clearly_and_leave_nothing(small_logreg, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    bogus = tmp_path / "model.featx"
+    bogus.write_bytes(b"PK\x03\x04 a zip file, not a classifier")
+    assert main(["export", str(bogus), "--out", str(out / "m.keras")]) == 1
+    assert "is not a featx classifier file: it lacks featx's header" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"format='coreml' is not supported\. Expected one of"):
+        export(small_logreg, out / "m.mlmodel", format="coreml")
+    with pytest.raises(ValueError, match="quantize='int4' is not supported"):
+        export(small_logreg, out / "m.tflite", format="tflite", quantize="int4")
+    with pytest.raises(ValueError, match="representative= calibrates quantize='int8' only"):
+        export(small_logreg, out / "m.tflite", format="tflite", representative=out)
+    a_file = out / "a-file"
+    a_file.write_text("")
+    with pytest.raises(OSError, match=r"its folder .*a-file' is a file"):
+        export(small_logreg, a_file / "m.keras")
+    with pytest.raises(OSError, match=r"its folder .*missing' does not exist"):
+        export(small_logreg, out / "missing" / "m.keras")
+    (out / "dir.keras").mkdir()
+    with pytest.raises(OSError, match=r"dir\.keras': it is a folder"):
+        export(small_logreg, out / "dir.keras")
+    with pytest.raises(OSError, match=r"Cannot write the SavedModel folder .*: it is a file"):
+        export(small_logreg, a_file, format="savedmodel")
+    assert sorted(p.name for p in out.iterdir()) == ["a-file", "dir.keras"]
+    assert list((out / "dir.keras").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused(small_logreg, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(OSError, match="is not writable"):
+        export(small_logreg, locked / "m.keras")
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("savedmodel", "saved"), ("tflite", "m.tflite")])
+def test_a_write_that_fails_midway_leaves_no_partial_model(
+    fmt, name, small_logreg, tmp_path, monkeypatch
+):
+    import keras
+
+    import featx.exporting
+
+    def half_written_savedmodel(self, path, **kwargs):
+        os.makedirs(os.path.join(path, "variables"))
+        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    def failed_conversion(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "export", half_written_savedmodel)
+    monkeypatch.setattr(featx.exporting, "_tflite", failed_conversion)
+    with pytest.raises(OSError, match="No space left"):
+        export(small_logreg, tmp_path / name, format=fmt)
+    assert list(tmp_path.iterdir()) == []
