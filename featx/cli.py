@@ -432,9 +432,13 @@ def _parser() -> argparse.ArgumentParser:
         "summary object (it has no 'image' key)",
     )
 
-    p = sub.add_parser("export", help="write a classifier as one Keras / SavedModel / TFLite model")
+    p = sub.add_parser(
+        "export", help="write a classifier as one Keras / SavedModel / TFLite / ONNX model"
+    )
     p.add_argument("model", help="a classifier file written by `featx train`")
-    p.add_argument("--out", required=True, help="the .keras file, SavedModel folder or .tflite")
+    p.add_argument(
+        "--out", required=True, help="the .keras file, SavedModel folder, .tflite or .onnx file"
+    )
     p.add_argument("--format", choices=EXPORT_FORMATS, default="keras")
     p.add_argument(
         "--quantize",

@@ -18,8 +18,10 @@ folded into that dense layer too:
 
 No ``Lambda`` and no custom layer, so the ``.keras`` file loads with ``safe_mode`` and
 without featx. It runs where TensorFlow runs (TF Serving, TFLite), without featx or
-scikit-learn. Inputs are images already resized to the classifier's input size, as featx
-resizes them (Pillow, the classifier's ``resize`` mode).
+scikit-learn, and as ONNX (tf2onnx 1.17 on TensorFlow 2.21, run by onnxruntime 1.32).
+Inputs are images already resized to the classifier's input size, as featx resizes them
+(Pillow, the classifier's ``resize`` mode), unless ``resize=True`` puts the resize in the
+model.
 
 Every export checks itself before it is written: the Keras head must give the
 scikit-learn head's probabilities on sample embeddings within 1e-5, or the export fails.
@@ -32,7 +34,8 @@ by design rather than for now, with an error that names those that export:
 - the RBF SVM (``"svm"``): its multiclass decision function counts one-vs-one votes, a
   step function of each pairwise decision, which no built-in Keras layer computes
   exactly (a steep sigmoid would only approximate it, and flip near ties); its
-  support vectors (thousands per fold, three folds) would also make the model large;
+  support vectors (thousands per fold, three folds) would also make the model large. A
+  binary RBF SVM has no votes and could export; it is refused too, to keep one rule;
 - k-NN (``"knn"``): choosing the nearest training images is a top-k selection, which
   Keras offers only as an op (``keras.ops.top_k``), not as a layer that loads in
   ``safe_mode`` without a ``Lambda``.
@@ -56,14 +59,18 @@ import numpy as np
 __all__ = [
     "EXPORTABLE_HEADS",
     "EXPORT_FORMATS",
+    "ONNX_OPSET",
     "QUANTIZATIONS",
     "REPRESENTATIVE_IMAGES",
     "export",
 ]
 
 #: What :func:`export` writes: a ``.keras`` file, a TensorFlow SavedModel folder
-#: (``keras.Model.export``), or a ``.tflite`` flatbuffer (TensorFlow's converter).
-EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
+#: (``keras.Model.export``), a ``.tflite`` flatbuffer (TensorFlow's converter), or an
+#: ``.onnx`` file (the SavedModel converted by tf2onnx: ``pip install "featx[onnx]"``).
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+#: The ONNX opset :func:`export` writes (onnxruntime 1.17 and later run it).
+ONNX_OPSET = 17
 #: The head kinds whose fitted classifier becomes Keras layers.
 EXPORTABLE_HEADS = ("logreg", "linear-svm", "mlp", "sgd")
 #: TFLite quantisations: none (float32), dynamic-range (weights stored as int8), or full
@@ -89,8 +96,11 @@ def export(
     Parameters
     ----------
     path : path
-        A ``.keras`` file, a SavedModel folder, or a ``.tflite`` file, by ``format``.
-    format : {"keras", "savedmodel", "tflite"}
+        A ``.keras`` file, a SavedModel folder, a ``.tflite`` or an ``.onnx`` file, by
+        ``format``.
+    format : {"keras", "savedmodel", "tflite", "onnx"}
+        ``"onnx"`` needs ``pip install "featx[onnx]"`` (tf2onnx, onnx); the model's input
+        is ``pixels`` (uint8), its output ``probabilities``, opset :data:`ONNX_OPSET`.
     quantize : {None, "dynamic", "int8"}
         TFLite only: ``"dynamic"`` stores the weights as int8 (about 4x smaller);
         ``"int8"`` quantises weights and activations (full-integer kernels, uint8 input,
@@ -236,15 +246,16 @@ def _check_arguments(
         raise ValueError("representative= calibrates quantize='int8' only.")
     if not isinstance(resize, bool):
         raise TypeError(f"resize={resize!r}: expected True or False.")
-    if resize and format == "tflite":
+    if resize and format in ("tflite", "onnx"):
         raise ValueError(
-            "resize=True does not export to TFLite: antialiased resizing (what brings "
-            "Keras' Resizing close to featx's Pillow resize) is TensorFlow's "
-            "ScaleAndTranslate, which is no TFLite builtin. Resize on the device to the "
-            "classifier's input size, or export format='keras' or 'savedmodel' with resize."
+            f"resize=True does not export to format={format!r}: antialiased resizing (what "
+            "brings Keras' Resizing close to featx's Pillow resize) is TensorFlow's "
+            "ScaleAndTranslate, which neither TFLite nor ONNX has. Resize to the "
+            "classifier's input size before the model, or export format='keras' or "
+            "'savedmodel' with resize."
         )
     path = Path(path)
-    suffix = {"keras": ".keras", "tflite": ".tflite"}.get(format)
+    suffix = {"keras": ".keras", "tflite": ".tflite", "onnx": ".onnx"}.get(format)
     if suffix and path.suffix != suffix:
         raise ValueError(
             f"format={format!r} writes a {suffix} file; {str(path)!r} does not end so."
@@ -283,6 +294,8 @@ def _write(
         elif format == "savedmodel":
             model.export(str(tmp), verbose=False)
             (tmp / "featx.json").write_bytes(meta)
+        elif format == "onnx":
+            tmp.write_bytes(_onnx(model))
         else:
             tmp.write_bytes(_tflite(model, quantize, calibration))
         if format == "savedmodel":
@@ -632,6 +645,34 @@ def _tflite(model: Any, quantize: str | None, calibration: np.ndarray | None) ->
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
     return converter.convert()
+
+
+def _onnx(model: Any) -> bytes:
+    """The model as ONNX: its SavedModel, frozen and converted by tf2onnx (converting the
+    Keras model or a tf.function left the Normalization layer's statistics as inputs)."""
+    import tempfile
+
+    try:
+        import tf2onnx
+        from tf2onnx import tf_loader
+    except ImportError as exc:
+        raise ImportError(
+            f"format='onnx' needs tf2onnx and onnx ({exc}). Install them with: "
+            'pip install "featx[onnx]"'
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="featx-onnx-") as folder:
+        model.export(folder, verbose=False)
+        graph_def, inputs, outputs = tf_loader.from_saved_model(
+            folder, None, None, tag="serve", signatures=["serving_default"]
+        )
+    proto, _ = tf2onnx.convert.from_graph_def(
+        graph_def,
+        input_names=inputs,
+        output_names=outputs,
+        opset=ONNX_OPSET,
+        tensors_to_rename={inputs[0]: "pixels", outputs[0]: "probabilities"},
+    )
+    return proto.SerializeToString()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

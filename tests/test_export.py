@@ -39,6 +39,11 @@ if kind == "keras":
 elif kind == "savedmodel":
     loaded = tf.saved_model.load(path)  # kept: its variables die with it
     got = loaded.serve(tf.constant(x)).numpy()
+elif kind == "onnx":
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(["probabilities"], {"pixels": x})[0]
 else:
     interpreter = tf.lite.Interpreter(model_path=path)
     inp, = interpreter.get_input_details()
@@ -181,8 +186,6 @@ def test_heads_and_settings_that_do_not_export_are_refused_with_what_does(pixels
     logreg = fit_classifier(images, labels=labels, input_size=32, **small)
     with pytest.raises(ValueError, match=r"format=.tflite. writes a \.tflite file"):
         export(logreg, tmp_path / "m.keras", format="tflite")
-    with pytest.raises(ValueError, match="format='onnx' is not supported"):
-        export(logreg, tmp_path / "m.onnx", format="onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -367,3 +370,26 @@ def test_a_write_that_fails_midway_leaves_no_partial_model(
     with pytest.raises(OSError, match="No space left"):
         export(small_logreg, tmp_path / name, format=fmt)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_onnx_gives_featx_probabilities_in_onnxruntime(three_classes, tmp_path):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    images, labels = three_classes
+    model = _fit(images, labels, head="linear-svm", head_params={"pca": 6})
+    save_classifier(model, tmp_path / "m.featx")
+    argv = ["export", str(tmp_path / "m.featx"), "--out", str(tmp_path / "m.onnx")]
+    assert main([*argv, "--format", "onnx"]) == 0
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["classes"] == list(model.classes_)
+    got = _run_tf_only("onnx", tmp_path / "m.onnx", images, tmp_path)
+    want = model.predict_proba(images)
+    assert np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
+    assert (got.argmax(1) == want.argmax(1)).all()
+    with pytest.raises(ValueError, match="resize=True does not export to format='onnx'"):
+        export(model, tmp_path / "r.onnx", format="onnx", resize=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".npy") == [
+        "m.featx",
+        "m.onnx",
+        "m.onnx.json",
+    ]
