@@ -264,7 +264,7 @@ def test_resize_takes_images_of_any_size_close_to_featx_resize(three_classes, tm
     assert np.abs(got - want).max() < 0.2
     # Two sizes in two calls: the same model.
     assert loaded.predict(images[:2], verbose=0).shape == (2, 3)
-    with pytest.raises(ValueError, match="ScaleAndTranslate, which is no TFLite builtin"):
+    with pytest.raises(ValueError, match="ScaleAndTranslate, which neither TFLite nor ONNX has"):
         export(model, tmp_path / "m.tflite", format="tflite", resize=True)
 
 
