@@ -40,8 +40,15 @@ by design rather than for now, with an error that names those that export:
   Keras offers only as an op (``keras.ops.top_k``), not as a layer that loads in
   ``safe_mode`` without a ``Lambda``.
 
-Nor do classifiers over several sizes, layers or backbones, test-time views, keras-hub
-presets, or a precision other than float32 export: each is refused with an error that
+A classifier on a keras-hub preset exports too: the converter's scale and offset become
+the per-pixel affine layer, a ViT's class token is ``Cropping1D`` + ``Flatten`` and the
+mean of its patch tokens ``Cropping1D`` past the class and register tokens +
+``GlobalAveragePooling1D``. Its ``.keras`` file holds keras-hub's layers, so loading it
+needs ``import keras_hub`` first (it still loads in ``safe_mode``, without featx); the
+SavedModel, TFLite and ONNX files do not.
+
+Classifiers over several sizes, layers or backbones, test-time views, or a precision
+other than float32 do not export: each is refused with an error that
 says so. ``UnitNormalization`` leaves an embedding whose squared norm is below 1e-12
 unnormalised (scikit-learn's ``Normalizer`` does not); pretrained networks' embeddings are
 many orders of magnitude longer, a random-weight MobileNetV2 at 32 px is not.
@@ -142,7 +149,9 @@ def export(
     transformer, head = _parts(classifier)
     config, backbone = _backbone(transformer)
     height, width = backbone.input_size
-    policy = transformer.resize or "stretch"
+    # The extractor's rule: the resize given, else the backbone's own (a preset's
+    # converter), else stretch.
+    policy = transformer.resize or getattr(backbone, "resize", None) or "stretch"
     classes = [str(c) for c in classifier.classes_]
     calibration = None
     if quantize == "int8":
@@ -165,20 +174,10 @@ def export(
         # Rescaling casts its input to float32 (scale 1: the pixels stay 0-255). No Lambda
         # or custom layer anywhere, so Keras' safe_mode loads the file without featx.
         x = keras.layers.Rescaling(1.0, name="to_float")(pixels)
-    x = _pixel_affine_layer(_preprocess_affine(config))(x)
+    x = _pixel_affine_layer(_preprocess_affine(config, backbone))(x)
     network = backbone.model
     network.trainable = False
-    x = network(x, training=False)
-    if len(x.shape) > 2:
-        pooled = [
-            layer(name=f"pool_{name}")(x)
-            for name, layer in (
-                ("avg", keras.layers.GlobalAveragePooling2D),
-                ("max", keras.layers.GlobalMaxPooling2D),
-            )
-            if name in backbone.pooling.split("+")
-        ]
-        x = keras.layers.Concatenate(name="pool")(pooled) if len(pooled) > 1 else pooled[0]
+    x = _pool(backbone, network(x, training=False))
     keras_head = _head_model(head, len(classes), x.shape[-1])
     difference = _check_head(head, keras_head)
     model = keras.Model(pixels, keras_head(x), name="featx_classifier")
@@ -360,7 +359,6 @@ def _parts(classifier: Any) -> tuple[Any, Any]:
 def _backbone(transformer: Any) -> tuple[Any, Any]:
     from featx.backbones import KerasBackbone, resolve_backbone
     from featx.config import CONFIG_KEYS, BackboneConfig
-    from featx.hub import is_hub_name
 
     params = transformer.get_params()
     config = BackboneConfig(**{k: params[k] for k in CONFIG_KEYS if k != "label"})
@@ -374,12 +372,6 @@ def _backbone(transformer: Any) -> tuple[Any, Any]:
         raise ValueError(
             f"The classifier's backbone computes in {config.precision}; only float32 exports."
         )
-    if is_hub_name(config.backbone[0]):
-        raise ValueError(
-            f"The classifier embeds with the keras-hub preset {config.backbone[0]!r}, which "
-            "does not export yet (its converter and token pooling are not folded into the "
-            "exported model). Export a classifier on a registry backbone or your own model."
-        )
     backbone = resolve_backbone(config.backbone[0], **config.network_kwargs())
     if not isinstance(backbone, KerasBackbone):
         raise ValueError(
@@ -389,15 +381,52 @@ def _backbone(transformer: Any) -> tuple[Any, Any]:
     return config, backbone
 
 
-def _preprocess_affine(config: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The family's ``preprocess_input`` as ``y = x @ kernel + bias`` per pixel.
+def _pool(backbone: Any, x: Any) -> Any:
+    """The backbone's pooling as built-in layers: a feature map's global average and max,
+    a token sequence's class token (``Cropping1D`` + ``Flatten``) and mean of the patch
+    tokens (``Cropping1D`` past the class and register tokens + ``GlobalAveragePooling1D``)."""
+    import keras
+
+    if len(x.shape) == 2:  # a pooled embedding already (CLIP, SigLIP towers; pooling=None)
+        return x
+    names = backbone.pooling.split("+")
+    if len(x.shape) == 4:
+        layers = {
+            "avg": keras.layers.GlobalAveragePooling2D,
+            "max": keras.layers.GlobalMaxPooling2D,
+        }
+        pooled = [layers[name](name=f"pool_{name}")(x) for name in names]
+    else:
+        tokens = x.shape[1]
+        pooled = []
+        for name in names:
+            if name == "cls":
+                first = keras.layers.Cropping1D((0, tokens - 1), name="class_token")(x)
+                pooled.append(keras.layers.Flatten(name="pool_cls")(first))
+            else:
+                patches = keras.layers.Cropping1D((backbone.token_prefix, 0), name="patches")(x)
+                pooled.append(keras.layers.GlobalAveragePooling1D(name="pool_mean")(patches))
+    return keras.layers.Concatenate(name="pool")(pooled) if len(pooled) > 1 else pooled[0]
+
+
+def _preprocess_affine(config: Any, backbone: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The family's ``preprocess_input`` (a preset's converter) as ``y = x @ kernel + bias``
+    per pixel.
 
     Every keras.applications family preprocesses each pixel by an affine map of its RGB
     values (scaling, mean and std, the caffe families' RGB->BGR flip): probed on the unit
-    colours and checked on random pixels, or refused.
+    colours and checked on random pixels, or refused. A keras-hub converter multiplies by
+    its scale and adds its offset (each a number or one per channel).
     """
-    from featx.backbones import get_spec
+    from featx.backbones import HubBackbone, get_spec
 
+    if isinstance(backbone, HubBackbone):
+        converter = backbone.converter
+        scale = np.ones(3) if converter.scale is None else converter.scale
+        offset = np.zeros(3) if converter.offset is None else converter.offset
+        kernel = np.diag(np.broadcast_to(np.asarray(scale, np.float64), (3,)))
+        bias = np.broadcast_to(np.asarray(offset, np.float64), (3,))
+        return kernel.astype(np.float32), bias.astype(np.float32)
     name = config.backbone[0]
     if not isinstance(name, str) or Path(name).suffix in (".keras", ".h5"):
         return np.eye(3, dtype=np.float32), np.zeros(3, np.float32)  # a model file: as is
