@@ -2,7 +2,8 @@
 
 Trains a logistic regression and an MLP on clothing10's train+validation with the shared
 MobileNetV2 weights at 160 px, exports each as .keras, SavedModel, TFLite float32, TFLite
-dynamic-range and TFLite int8 (calibrated on 200 training images), and runs every export
+dynamic-range, TFLite int8 (calibrated on 200 training images) and ONNX (run by
+onnxruntime), and runs every export
 on the test split's pixels as featx decodes them (Pillow, 160x160), in batches of 32.
 Prints, per export: file size, test accuracy, argmax agreement with featx's predictions,
 the largest probability difference, and images/s beside featx's own predict_proba on the
@@ -31,6 +32,7 @@ FORMATS = [
     ("tflite float32", "tflite", None, "m.tflite"),
     ("tflite dynamic", "tflite", "dynamic", "m-dynamic.tflite"),
     ("tflite int8", "tflite", "int8", "m-int8.tflite"),
+    ("onnx (onnxruntime)", "onnx", None, "m.onnx"),
 ]
 BATCH = 32
 
@@ -51,12 +53,15 @@ def main() -> None:
 
     print(f"# featx export benchmark, {time.strftime('%Y-%m-%d')}\n")
     print(f"Command: `nice python benchmarks/export_bench.py --shared {args.shared}`  ")
+    import onnxruntime
     import tensorflow as tf
+    import tf2onnx
 
     print(
         f"featx {__version__}, TensorFlow {tf.__version__}, Python {platform.python_version()},"
-        f" {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), TFLite "
-        f"threads {args.threads}\n"
+        f" {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), TFLite and "
+        f"onnxruntime threads {args.threads}, tf2onnx {tf2onnx.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}\n"
     )
     test = resolve_source(root / "test")
     names = np.asarray([test.classes[i] for i in test.y])
@@ -147,6 +152,17 @@ def _run(fmt: str, path: Path, pixels: np.ndarray, threads: int) -> tuple[np.nda
 
         def predict(x):
             return loaded.serve(tf.constant(x)).numpy()
+    elif fmt == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+
+        def predict(x):
+            return session.run(["probabilities"], {"pixels": x})[0]
     else:
         interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
         (inp,) = interpreter.get_input_details()
