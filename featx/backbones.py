@@ -36,6 +36,7 @@ import numpy as np
 from featx.config import as_size
 from featx.hub import (
     OUTPUT_POOLINGS,
+    Converter,
     HubFamily,
     PresetUnavailableError,
     build_network,
@@ -782,6 +783,17 @@ class HubBackbone(KerasBackbone):
             path = _existing_file(weights, "weights")
             self._weights_arg = str(path)
             self._weights_id = f"file:sha256={_sha256_file(path)}"
+
+    @property
+    def converter(self) -> Converter:
+        """The preset's image converter: scale, offset and crop policy."""
+        return self._preset.converter
+
+    @property
+    def token_prefix(self) -> int:
+        """How many tokens (class, distillation, registers) come before the patch tokens of
+        a token network's output: those ``pooling="mean"`` leaves out."""
+        return self._preset.family.prefix(self._preset.config["config"])
 
     def _preset_weights_id(self) -> str:
         """The preset's handle and version (not a local directory's path), and a content

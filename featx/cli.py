@@ -20,7 +20,7 @@ from typing import Any
 
 from featx.backbones import ALL_POOLINGS as POOLINGS
 from featx.demo import FLOWERS_URL
-from featx.exporting import EXPORT_FORMATS
+from featx.exporting import EXPORT_FORMATS, QUANTIZATIONS
 from featx.heads import HEAD_KINDS, HEADS, grid_key
 from featx.images import DECODERS
 
@@ -433,13 +433,39 @@ def _parser() -> argparse.ArgumentParser:
         help="load a format-1 classifier file (a pickle: it can run code; only for a file "
         "from a source you trust)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON Lines on stdout: one object per image as each chunk is done, then one "
+        "summary object (it has no 'image' key)",
+    )
 
-    p = sub.add_parser("export", help="write a classifier as one Keras / SavedModel / TFLite model")
+    p = sub.add_parser(
+        "export", help="write a classifier as one Keras / SavedModel / TFLite / ONNX model"
+    )
     p.add_argument("model", help="a classifier file written by `featx train`")
-    p.add_argument("--out", required=True, help="the .keras file, SavedModel folder or .tflite")
+    p.add_argument(
+        "--out", required=True, help="the .keras file, SavedModel folder, .tflite or .onnx file"
+    )
     p.add_argument("--format", choices=EXPORT_FORMATS, default="keras")
-    p.add_argument("--quantize", choices=("dynamic",), help="tflite only: weights stored as int8")
+    p.add_argument(
+        "--quantize",
+        choices=[q for q in QUANTIZATIONS if q],
+        help="tflite only: dynamic stores the weights as int8; int8 quantises weights and "
+        "activations, calibrated on --representative",
+    )
+    p.add_argument(
+        "--representative",
+        metavar="DIR",
+        help="with --quantize int8: a folder of images like the training images (the "
+        "classifier file records no path, so its training folder must be named here)",
+    )
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="the model takes uint8 images of any size and resizes them itself "
+        "(keras and savedmodel)",
+    )
     p.add_argument("--trust", action="append", default=[], metavar="TYPE")
     p.add_argument("--json", action="store_true")
 
@@ -838,7 +864,6 @@ def _predict(args: argparse.Namespace) -> Result:
     k = min(args.top, len(classes))
     out = Path(args.csv) if args.csv else None
     partial = out.with_name(out.name + ".partial") if out else None
-    rows: list[dict[str, Any]] = []
     counts = {"images": 0, "failed": 0, "labelled": 0, "correct": 0}
     with open(partial, "w", newline="") if partial else contextlib.nullcontext() as f:
         writer = None
@@ -859,11 +884,14 @@ def _predict(args: argparse.Namespace) -> Result:
                 if writer is not None:
                     writer.writerow(_csv_row(row, k))
                 if args.json:
-                    rows.append(_json_row(row))
+                    # Streamed, not gathered: memory stays one chunk's, whatever the count.
+                    print(json.dumps(_json_row(row), ensure_ascii=True), file=args.stdout)
                 else:
                     print(_text_row(row), flush=True)
             if f is not None:
                 f.flush()
+            if args.json:
+                args.stdout.flush()
     if partial:
         os.replace(partial, out)
     summary: dict[str, Any] = {**counts}
@@ -878,8 +906,6 @@ def _predict(args: argparse.Namespace) -> Result:
     if out:
         summary["csv"] = str(out)
         lines.append(f"wrote {out}")
-    if args.json:
-        summary["predictions"] = rows
     return summary, "\n".join(lines)
 
 
@@ -888,11 +914,20 @@ def _export(args: argparse.Namespace) -> Result:
     from featx.exporting import export
 
     model = load_classifier(args.model, trusted=args.trust)
-    result = export(model, args.out, format=args.format, quantize=args.quantize)
+    result = export(
+        model,
+        args.out,
+        format=args.format,
+        quantize=args.quantize,
+        resize=args.resize,
+        representative=args.representative,
+    )
     return result, (
         f"wrote {result['path']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB, "
-        f"{len(result['classes'])} classes, input {result['input_size'][0]}x"
-        f"{result['input_size'][1]} uint8 RGB); classes and input in {result['metadata']}"
+        f"{len(result['classes'])} classes, input "
+        + ("any size, resized to " if args.resize else "")
+        + f"{result['input_size'][0]}x{result['input_size'][1]} uint8 RGB); classes and "
+        f"input in {result['metadata']}"
     )
 
 
@@ -1440,6 +1475,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             sys.meta_path.insert(0, _QuietTensorFlow())
     as_json = getattr(args, "json", False)
+    args.stdout = sys.stdout  # featx predict --json streams its rows here
     wording = functools.partial(flag_wording, parser=args.command_parser)
     try:
         # With --json, stdout carries exactly one JSON object: anything else printed during

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -51,6 +52,10 @@ def _fresh_process(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 @pytest.fixture
 def fitted(image_folder):
     return fit_classifier(image_folder, **SMALL)
@@ -77,7 +82,8 @@ def test_saved_file_is_small_and_predicts_the_same_in_a_new_process(fitted, imag
     images = sorted(str(p) for p in image_folder.glob("*/*"))[:5]
     done = _fresh_process("predict", str(path), *images, "--top", "2", "--json")
     assert done.returncode == 0, done.stderr
-    rows = json.loads(done.stdout)["predictions"]
+    *rows, summary = _json_lines(done.stdout)
+    assert summary["images"] == len(rows) == 5
     expected = predict_top_k(fitted, images, k=2)
     assert [[t["class"] for t in row["top"]] for row in rows] == [
         [name for name, _ in top] for top in expected
@@ -262,9 +268,9 @@ def test_predict_folders_to_csv_with_skipped_images_and_accuracy(
     loose = str(next(image_folder.glob("fish/*")))
     argv = ["predict", str(path), str(image_folder), loose, "--csv", str(out), "--top", "2"]
     assert main([*argv, "--chunk", "4", "--on-error", "skip", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    *rows, result = _json_lines(capsys.readouterr().out)
     assert (result["images"], result["failed"], result["labelled"]) == (14, 1, 12)
-    labelled = [row for row in result["predictions"] if "label" in row and "top" in row]
+    labelled = [row for row in rows if "label" in row and "top" in row]
     correct = sum(row["top"][0]["class"] == row["label"] for row in labelled)
     assert result["accuracy"] == pytest.approx(correct / 12)
     table = pd.read_csv(out, keep_default_na=False)
@@ -277,7 +283,7 @@ def test_predict_folders_to_csv_with_skipped_images_and_accuracy(
         "probability_2",
         "error",
     ]
-    assert table["image"].tolist() == [row["image"] for row in result["predictions"]]
+    assert table["image"].tolist() == [row["image"] for row in rows]
     assert table["image"].iloc[-1] == loose and table["label"].iloc[-1] == ""
     failed = table[table["error"] != ""]
     assert failed["image"].tolist() == [str(image_folder / "cat" / "broken.png")]
@@ -354,7 +360,8 @@ def test_pretrained_classifier_file_predicts_in_a_new_process(tmp_path):
     assert path.stat().st_size < 5_000_000
     done = _fresh_process("predict", str(path), *test, "--top", "3", "--json")
     assert done.returncode == 0, done.stderr
-    predicted = [row["top"][0]["class"] for row in json.loads(done.stdout)["predictions"]]
+    *rows, _ = _json_lines(done.stdout)
+    predicted = [row["top"][0]["class"] for row in rows]
     assert predicted == model.predict(test).tolist()
     assert np.mean(np.array(predicted) == np.array(truth)) >= 0.8
 
@@ -374,3 +381,39 @@ def test_a_failed_save_leaves_the_previous_file_and_no_partial_one(fitted, tmp_p
         save_classifier(fitted, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "model.featx"]
+
+
+def test_predict_json_streams_one_line_per_image_as_chunks_are_done(
+    fitted, image_folder, tmp_path, monkeypatch
+):
+    import featx.classifier
+
+    path = tmp_path / "model.featx"
+    save_classifier(fitted, path)
+    real = featx.classifier.iter_predictions
+    produced = []  # rows the predictor has yielded, at each line written
+
+    def counting(*args, **kwargs):
+        for row in real(*args, **kwargs):
+            produced.append(row["image"])
+            yield row
+
+    class Recorder(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[int] = []
+
+        def write(self, text):
+            if text.strip():
+                self.seen.append(len(produced))
+            return super().write(text)
+
+    out = Recorder()
+    monkeypatch.setattr(featx.classifier, "iter_predictions", counting)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["predict", str(path), str(image_folder), "--chunk", "4", "--json"]) == 0
+    *rows, summary = _json_lines(out.getvalue())
+    assert [row["image"] for row in rows] == produced and len(rows) == 12
+    # Each line left as soon as its row was predicted, before the next chunk was embedded.
+    assert out.seen[:12] == list(range(1, 13))
+    assert summary["images"] == 12 and "image" not in summary and "predictions" not in summary

@@ -406,13 +406,36 @@ def test_a_preset_without_its_converter_is_refused(presets, tmp_path):
         resolve_backbone(f"hub:{folder}")
 
 
-def test_export_refuses_a_preset_clearly(presets, image_folder):
+@pytest.mark.parametrize(
+    ("preset", "pooling"), [("vit", "cls+mean"), ("vit", "mean"), ("cnn", None)]
+)
+def test_a_preset_classifier_exports_with_its_converter_and_token_pooling(
+    presets, preset, pooling, tmp_path
+):
+    import tensorflow as tf
+
     from featx import export
     from featx.classifier import fit_classifier
 
-    model = fit_classifier(image_folder, backbone=presets["cnn"], input_size=32, cache_dir=None)
-    with pytest.raises(ValueError, match=r"keras-hub preset .* does not export yet"):
-        export(model, "model.keras")
+    size = {"vit": 32, "cnn": 40}[preset]  # each converter's image size
+    images = _pixels(n=12, size=size)
+    images[:6] //= 3  # dark and light: two classes a random network separates
+    labels = ["dark"] * 6 + ["light"] * 6
+    model = fit_classifier(
+        images, labels=labels, backbone=presets[preset], pooling=pooling, cache_dir=None
+    )
+    want = model.predict_proba(images)
+    export(model, tmp_path / "m.keras")
+    meta = json.loads((tmp_path / "m.keras.json").read_text())
+    assert meta["classes"] == ["dark", "light"] and meta["input_size"] == [size, size]
+    # The converter crops (vit) or stretches (cnn): the metadata names the policy used.
+    assert ("center_crop" if preset == "vit" else "stretch") in meta["input"]
+    got = keras.models.load_model(tmp_path / "m.keras", safe_mode=True).predict(images)
+    assert np.abs(got - want).max() <= 1e-4
+    export(model, tmp_path / "saved", format="savedmodel")
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))  # kept: its variables die with it
+    served = loaded.serve(tf.constant(images)).numpy()
+    assert np.abs(served - want).max() <= 1e-4
 
 
 # -- cache, fingerprint, resume -----------------------------------------------------------------
