@@ -47,9 +47,9 @@ Two decoders apply this policy (``decoder=``, one of :data:`DECODERS`):
   GIL. The EXIF orientation is applied to the decoded array. Where nothing is resized its
   pixels are Pillow's; resized, MobileNetV2 vectors stay within a mean cosine of 0.997 of
   the Pillow path's (a plain bilinear resize, 2x cheaper still, gave 0.961: rejected).
-  It costs about 15% less CPU per clothing10 photo than the Pillow path, which is 1-3% of
-  a cold extraction on a CPU (``benchmarks/speed_table.py`` measures both,
-  ``--decoder-fidelity`` the vectors): too little to change every cached vector and
+  It costs about 15% less CPU per clothing10 photo than the Pillow path; a cold
+  extraction on 2 CPU cores ran 1.01-1.09x as fast with it (``benchmarks/speed_table.py``
+  measures both, ``--decoder-fidelity`` the vectors): too little to change every cached vector and
   published figure by default, worth it where decoding is the bottleneck (a GPU fed by a
   few cores). Every other input (PNG, CMYK JPEG, GIF, TIFF, ...), and any JPEG that
   libjpeg-turbo reports damaged, takes the Pillow path, so errors read the same.
@@ -94,7 +94,8 @@ __all__ = [
 ]
 
 DECODER_VERSION = 2
-#: The decoders :func:`decode` offers: libjpeg-turbo + OpenCV for JPEGs, or Pillow alone.
+#: The decoders :func:`decode` offers: Pillow alone (the default), or libjpeg-turbo +
+#: OpenCV for JPEGs.
 DECODERS = ("pillow", "fast")
 MAX_PIXELS = 100_000_000
 RESIZE_POLICIES = ("stretch", "center_crop")
@@ -154,13 +155,15 @@ def decode(
         width, height = img.size
         if width * height > max_pixels:
             raise DecodeError(name, _too_large(f"{width}x{height}", width * height, max_pixels))
-        if decoder == "fast" and img.format == "JPEG" and img.mode in ("RGB", "L"):
-            pixels = _decode_jpeg_fast(data, img, size, resize)
-            if pixels is not None:
-                return pixels
         if img.format == "JPEG":
+            # Pillow's draft: the smallest DCT scale that keeps both sides at least the
+            # target's larger side; img.size becomes the scaled size, nothing is decoded.
             side = max(size)
             img.draft(img.mode, (side, side))
+            if decoder == "fast" and img.mode in ("RGB", "L"):
+                pixels = _decode_jpeg_fast(data, img, size, resize)
+                if pixels is not None:
+                    return pixels
         img.load()
         if img.format == "JPEG":
             # In place: same pixels without copying a whole decoded photo (the hot path).
@@ -196,14 +199,6 @@ def decode(
     return resize_rgb(rgb, size, resize)
 
 
-def _draft_factor(width: int, height: int, size: tuple[int, int]) -> int:
-    """Pillow's JPEG draft rule: the largest of 8, 4, 2, 1 that keeps both sides at least
-    the target's larger side (by whole divisions, as ``Image.draft`` computes it)."""
-    side = max(size)
-    scale = min(width // side, height // side)
-    return next(f for f in (8, 4, 2, 1) if scale >= f or f == 1)
-
-
 # Pillow's exif_transpose, as array operations: orientation tag -> (H, W, C) -> (H', W', C).
 _ORIENTATIONS = {
     2: lambda a: a[:, ::-1],
@@ -219,20 +214,18 @@ _ORIENTATIONS = {
 def _decode_jpeg_fast(
     data: bytes, img: Image.Image, size: tuple[int, int], policy: str
 ) -> np.ndarray | None:
-    """A JPEG through libjpeg-turbo (simplejpeg) and OpenCV, or None where the Pillow path
-    must decide: the libraries missing, or data libjpeg-turbo reports damaged."""
+    """A JPEG through libjpeg-turbo (simplejpeg) at the scale Pillow's draft chose for
+    ``img``, and OpenCV, or None where the Pillow path must decide: the libraries missing,
+    or data libjpeg-turbo reports damaged."""
     try:
         import cv2
         import simplejpeg
     except ImportError:  # pragma: no cover - both are dependencies of featx
         return None
-    width, height = img.size
-    factor = _draft_factor(width, height, size)
+    width, height = img.size  # after the draft: the scaled size, which libjpeg gives too
     try:
         # strict: a truncated or corrupt stream raises instead of decoding grey rows.
-        rgb = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_height=-(-height // factor), min_width=-(-width // factor)
-        )
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height, min_width=width)
     except ValueError:
         return None
     orientation = img.getexif().get(0x0112, 1)
