@@ -44,6 +44,7 @@ __all__ = [
     "bounded_map",
     "check_on_error",
     "content_key",
+    "decode_files",
     "extraction_spec",
     "fingerprint",
     "progress",
@@ -198,6 +199,25 @@ def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items, ahead: int = 64) 
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+def decode_files(
+    decoding: Decoding, items: list[tuple[str, str]]
+) -> list[tuple[str | None, np.ndarray | None, str | None]]:
+    """Read and decode files, ``(path, name)`` each: ``(key, pixels, None)`` for each one
+    decoded, ``(None, None, reason)`` for each one that could not be.
+
+    The unit of work of a decoding process (a module-level function, so it pickles by
+    name): the same :func:`read_file` and :meth:`Decoding.decode` as the threads run.
+    """
+    out: list[tuple[str | None, np.ndarray | None, str | None]] = []
+    for path, name in items:
+        try:
+            key, pixels = decoding.decode(read_file(path), name)
+            out.append((key, pixels, None))
+        except DecodeError as exc:
+            out.append((None, None, exc.reason))
+    return out
 
 
 def read_file(path: str) -> bytes:

@@ -288,6 +288,11 @@ class Backbone:
     def embed(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def runs_on_gpu(self) -> bool:
+        """Whether ``embed`` computes on a GPU: the extractor then decodes images in
+        processes by default (``Extractor(decode_in="auto")``). False unless overridden."""
+        return False
+
 
 class RawPixels(Backbone):
     """The raw-pixels baseline: each image downscaled to ``size`` x ``size`` and flattened.
@@ -634,6 +639,9 @@ class KerasBackbone(Backbone):
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         return self._function(batch.shape)(batch).numpy()
+
+    def runs_on_gpu(self) -> bool:
+        return _has_gpu()
 
     def _function(self, shape: tuple[int, ...]):
         fn = self._functions.get(shape)

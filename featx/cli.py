@@ -21,6 +21,7 @@ from typing import Any
 from featx.backbones import ALL_POOLINGS as POOLINGS
 from featx.demo import FLOWERS_URL
 from featx.exporting import EXPORT_FORMATS, QUANTIZATIONS
+from featx.extract import DECODE_IN
 from featx.heads import HEAD_KINDS, HEADS, grid_key
 from featx.images import DECODERS
 
@@ -341,6 +342,13 @@ def _parser() -> argparse.ArgumentParser:
         default="pillow",
         help="Pillow for every image, or fast: JPEGs through libjpeg-turbo and OpenCV, "
         "about 15%% less CPU per photo, vectors within a mean cosine of 0.997",
+    )
+    p.add_argument(
+        "--decode-in",
+        choices=DECODE_IN,
+        default="auto",
+        help="decode in threads or in processes (auto: processes when the network runs "
+        "on a GPU, the machine has 8 or more CPUs and there are 1,000 or more files)",
     )
     p.add_argument(
         "--engine",
@@ -743,6 +751,7 @@ def _extract(args: argparse.Namespace) -> Result:
         **_network(args),
         **_run(args),
         decoder=args.decoder,
+        decode_in=args.decode_in,
         on_error=args.on_error,
         engine=args.engine,
         address=args.address,

@@ -37,6 +37,7 @@ from featx._pipeline import (
     bounded_map,
     check_on_error,
     content_key,
+    decode_files,
     extraction_spec,
     fingerprint,
     progress,
@@ -53,6 +54,16 @@ from featx.embeddings import Embeddings, FolderWriter
 from featx.images import DECODERS, RESIZE_POLICIES, WHITE, DecodeError
 from featx.images import to_rgb as _pil_to_rgb
 from featx.sources import ImageSet, resolve_source
+
+#: Where :class:`Extractor` decodes images (its ``decode_in``).
+DECODE_IN = ("auto", "threads", "processes")
+# "auto" decodes in processes from this many CPUs and files to decode: below them the
+# pool's start (0.6 s on a 16-CPU machine) and each image's copy back cost more than the
+# interpreter lock does (threads were faster on 2 CPUs).
+PROCESS_MIN_CPUS = 8
+PROCESS_MIN_FILES = 1000
+# Files per task sent to a decoding process (fewer, larger messages between processes).
+PROCESS_CHUNK = 16
 
 __all__ = ["Embeddings", "Extractor"]
 
@@ -105,7 +116,20 @@ class Extractor:
         What an undecodable input does: stop with an error naming it, or be left out
         and listed in ``Embeddings.failed``.
     workers : int, optional
-        Threads reading and decoding images (default: the number of CPUs, at most 8).
+        Threads (or processes, see ``decode_in``) reading and decoding images. Default:
+        the number of CPUs, at most 8, for threads (on a 16-CPU GPU machine 16 threads
+        were slower than 8); one less than the number of CPUs for processes.
+    decode_in : {"auto", "threads", "processes"}, default "auto"
+        Where images are decoded. Threads share Python's interpreter lock: on a 16-CPU
+        GPU machine, Pillow decoding at 224 px stopped scaling at about 6.5 busy cores
+        (1,700 photos/s by 8 or 16 threads, 2,600 by 15 processes; featx cold 1.3-1.6x
+        faster in processes with Pillow, 1.1x with the fast decoder;
+        benchmarks/results-gpu-2026-12-04.md). Processes (joblib's
+        loky workers, started once, about 0.6 s, and reused) cost a copy of each image
+        back, so on few CPUs threads are faster. ``"auto"`` decodes in processes when the
+        backbone computes on a GPU, the machine has at least 8 CPUs and at least 1,000
+        files are to be decoded; else in threads. In-memory images always decode in
+        threads. Vectors are bit-identical either way (not part of the fingerprint).
     precision : {"float32", "bfloat16", "float16"}, default "float32"
         Compute precision of a registry backbone (see
         :class:`~featx.backbones.KerasBackbone`). ``"bfloat16"`` is faster for large
@@ -154,6 +178,7 @@ class Extractor:
         preprocess: Callable[[Any], Any] | None = None,
         on_error: str = "raise",
         workers: int | None = None,
+        decode_in: str = "auto",
         precision: str = "float32",
         verbose: bool = True,
         view: View | None = None,
@@ -176,6 +201,12 @@ class Extractor:
             )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+        if decode_in not in DECODE_IN:
+            raise ValueError(
+                f"decode_in={decode_in!r} is not supported. Expected one of {DECODE_IN}: "
+                "'auto' (processes on a GPU machine with 8 or more CPUs), 'threads' or "
+                "'processes'."
+            )
         background = tuple(int(c) for c in background)
         if len(background) != 3 or not all(0 <= c <= 255 for c in background):
             raise ValueError(f"background={background!r} must be an (r, g, b) triple in 0-255.")
@@ -200,6 +231,9 @@ class Extractor:
         self.batch_size = int(batch_size)
         self.on_error = on_error
         self.workers = workers or min(8, os.cpu_count() or 1)
+        self.decode_in = decode_in
+        # Processes leave one CPU to this process (batches, the network's calls, the cache).
+        self._processes = workers or max(1, (os.cpu_count() or 1) - 1)
         self.verbose = verbose
         self.engine, self.address = engine, address
         self.ray = RayOptions(ray_actors, float(ray_cpus_per_actor), float(ray_gpus_per_actor))
@@ -465,7 +499,8 @@ def _resize_policy(resize: str | None, backbone: Backbone) -> str:
 
 
 class _BatchStream:
-    """Decode jobs in worker threads, in order, into fixed-shape float32 batches.
+    """Decode jobs in worker threads or processes, in order, into fixed-shape float32
+    batches.
 
     A background thread keeps at most a few batches ready, so memory stays bounded
     whatever the number of images. Failed inputs are collected, their rows set to NaN.
@@ -486,25 +521,27 @@ class _BatchStream:
         self._thread.start()
 
     def _decode_job(self, job: tuple[str, list[int]]) -> tuple[str, np.ndarray]:
-        _, rows = job
-        i = int(self._ok[rows[0]])
-        name = self._images.names[i]
-        return self._extractor._decode(self._extractor._read(self._images, i), name)
+        i = self._input(job)
+        return self._extractor._decode(
+            self._extractor._read(self._images, i), self._images.names[i]
+        )
 
     def _run(self) -> None:
         ex = self._extractor
         shape = (ex.batch_size, *ex.input_size, 3)
         try:
             with ThreadPoolExecutor(ex.workers, initializer=yield_to_compute) as pool:
+                if self.in_processes:
+                    results = self._decoded_in_processes()
+                else:
+                    results = bounded_map(pool, self._try_decode, self._jobs)
                 batch, members = np.zeros(shape, np.float32), []
-                for job, result in zip(
-                    self._jobs, bounded_map(pool, self._try_decode, self._jobs), strict=True
-                ):
+                for job, result in zip(self._jobs, results, strict=True):
                     if self._stop.is_set():
                         return
                     key, pixels, reason = result
                     if reason is not None:
-                        name = self._images.names[int(self._ok[job[1][0]])]
+                        name = self._images.names[self._input(job)]
                         self.failures.append((name, reason, job[1]))
                         continue
                     batch[len(members)] = pixels
@@ -518,6 +555,40 @@ class _BatchStream:
             self._put(exc)
         finally:
             self._put(None)
+
+    @property
+    def in_processes(self) -> bool:
+        """Whether these jobs decode in processes (the extractor's ``decode_in``)."""
+        ex = self._extractor
+        if ex.decode_in == "threads" or not self._jobs:
+            return False
+        if not all(isinstance(self._images.inputs[self._input(job)], str) for job in self._jobs):
+            return False  # in-memory images: no file a process could read
+        if ex.decode_in == "processes":
+            return True
+        return (
+            len(self._jobs) >= PROCESS_MIN_FILES
+            and (os.cpu_count() or 1) >= PROCESS_MIN_CPUS
+            and ex.backbone.runs_on_gpu()
+        )
+
+    def _input(self, job: tuple[str, list[int]]) -> int:
+        """The input a job decodes (its first row's; the others share its content)."""
+        return int(self._ok[job[1][0]])
+
+    def _decoded_in_processes(self) -> Iterator[tuple[Any, Any, Any]]:
+        """``(key, pixels, reason)`` per job, in order, decoded by joblib's loky workers
+        (reused across calls), a bounded number of chunks in flight."""
+        from joblib import Parallel, delayed
+
+        ex, images = self._extractor, self._images
+        files = [(images.inputs[i], images.names[i]) for i in map(self._input, self._jobs)]
+        chunks = (files[k : k + PROCESS_CHUNK] for k in range(0, len(files), PROCESS_CHUNK))
+        parallel = Parallel(
+            n_jobs=ex._processes, backend="loky", return_as="generator", pre_dispatch="2*n_jobs"
+        )
+        for decoded in parallel(delayed(decode_files)(ex.decoding, chunk) for chunk in chunks):
+            yield from decoded
 
     def _try_decode(self, job):
         try:
