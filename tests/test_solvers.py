@@ -162,7 +162,10 @@ def test_a_logreg_refit_from_the_searchs_solutions_is_the_plain_refit():
     model, proba, predicted = solvers.fit_predict(head, setting, X[:150], y[:150], X[150:], start)
     plain = clone(head).set_params(**setting).fit(X[:150], y[:150])
     assert np.array_equal(predicted, plain.predict(X[150:]))
-    assert np.abs(proba - plain.predict_proba(X[150:])).max() < 1e-3  # lbfgs's tolerance
+    # Two stopping points of lbfgs, each within the head's tolerance of the optimum (the
+    # bound was 1e-3 with scikit-learn's default tol=1e-4; it scales with tol).
+    tol = plain.steps[-1][1].tol
+    assert np.abs(proba - plain.predict_proba(X[150:])).max() < 10 * tol
     assert model.steps[-1][1].n_iter_[0] < plain.steps[-1][1].n_iter_[0]
     # warm_start is not left switched on: the model's parameters are the head's
     assert model.steps[-1][1].get_params() == plain.steps[-1][1].get_params()
