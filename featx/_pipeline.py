@@ -11,7 +11,8 @@ bit-identical, and a run of one resumes a run of the other.
   :meth:`Decoding.decode` (content key plus the network's input pixels);
 - :class:`ComputeTask`: everything an engine needs to compute cache misses;
 - :class:`CacheWriter`: cache writes in a background thread;
-- :func:`read_file`, :func:`content_key`, :func:`bounded_map`, :func:`progress`.
+- :func:`read_file`, :func:`content_key`, :func:`file_key`, :func:`bounded_map`,
+  :func:`progress`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -46,6 +48,7 @@ __all__ = [
     "content_key",
     "decode_files",
     "extraction_spec",
+    "file_key",
     "fingerprint",
     "progress",
     "quote",
@@ -238,6 +241,37 @@ def content_key(content: bytes | np.ndarray) -> str:
         digest.update(f"array:{array.dtype.str}:{array.shape}:".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+# A file changed less than this long before it was looked at is read every time, never
+# remembered: on a file system whose clock ticks coarsely (FAT: 2 s) a second change within
+# the same tick would leave its stat as it was.
+SETTLE_NS = 2_000_000_000
+
+
+def file_key(
+    path: str, absolute: str, known: dict[str, tuple[str, str]]
+) -> tuple[str, tuple[str, str, str] | None]:
+    """The content key of the file at ``path``, and the ``(absolute, stat, key)`` row to
+    remember for it (None when there is nothing new to remember).
+
+    ``known`` maps absolute paths to the ``(stat, key)`` remembered by the cache. A file
+    whose device, inode, size, modification and change times are those remembered is not
+    read: its key is the one remembered (a write changes the change time, a replacement
+    the inode). Otherwise its bytes are read and hashed as :func:`content_key` does.
+    """
+    now = time.time_ns()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return content_key(read_file(path)), None  # read_file says why it cannot be read
+    stat = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    remembered = known.get(absolute)
+    if remembered is not None and remembered[0] == stat:
+        return remembered[1], None
+    key = content_key(read_file(path))  # read after the stat: a change between is seen later
+    settled = max(st.st_mtime_ns, st.st_ctime_ns) < now - SETTLE_NS
+    return key, (absolute, stat, key) if settled else None
 
 
 def quote(name: str) -> str:

@@ -23,6 +23,13 @@ SQLite's locking makes concurrent writers safe; ``INSERT OR IGNORE`` keeps the
 first vector written for a key. Shards are checksummed; a shard that fails its
 checksum or has vanished is dropped from the index and its images recomputed.
 
+The index also remembers, for each image file read, its absolute path, its stat (device,
+inode, size, modification and change times) and its content key, so that a later run
+takes the key of a file whose stat has not changed without reading the file again (the
+rule of git's index and of make; see :func:`featx._pipeline.file_key`). These rows are a
+hint: losing them (a rebuilt index, an older index without the table, a read-only cache)
+only means that files are read and hashed again.
+
 ``EmbeddingCache(None)`` is a disabled cache with the same interface, so callers
 have one code path whether caching is on or off (as joblib's ``Memory(None)``).
 """
@@ -75,6 +82,8 @@ CREATE TABLE IF NOT EXISTS vectors (
     fp TEXT NOT NULL, key TEXT NOT NULL, shard TEXT NOT NULL, row INTEGER NOT NULL,
     PRIMARY KEY (fp, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vectors_by_shard ON vectors (shard);
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY, stat TEXT NOT NULL, key TEXT NOT NULL) WITHOUT ROWID;
 """
 _CHUNK = 500  # keys per SELECT, below SQLite's host-parameter limit everywhere
 _BUSY_TIMEOUT = 120.0  # seconds a connection waits for another process's lock
@@ -624,6 +633,27 @@ class EmbeddingCache:
             (self.root / row[0]).unlink(missing_ok=True)
         return dropped
 
+    def file_keys(self, paths: list[str]) -> dict[str, tuple[str, str]]:
+        """The ``(stat, content key)`` remembered for each of ``paths`` (absolute) that has
+        one; empty when the cache is off or its index has no such rows to give."""
+        if not self.enabled or not paths:
+            return {}
+        known: dict[str, tuple[str, str]] = {}
+        try:
+            self._reconnect_if_replaced()
+            conn = self._connect()
+            for start in range(0, len(paths), _CHUNK):
+                # The file system's bytes: a name that is not UTF-8 has no SQLite text.
+                chunk = [os.fsencode(p) for p in paths[start : start + _CHUNK]]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT path, stat, key FROM files WHERE path IN ({marks})", chunk
+                )
+                known.update((os.fsdecode(path), (stat, key)) for path, stat, key in rows)
+        except (OSError, sqlite3.Error):  # e.g. a read-only index written by an older featx
+            return {}
+        return known
+
     # -- writing ------------------------------------------------------------------------------
 
     def register(self, fingerprint: str, dim: int, spec: dict[str, Any]) -> None:
@@ -674,6 +704,22 @@ class EmbeddingCache:
             .fetchone()
         )
         return None if row is None or not row[0] else row[1] / row[0]
+
+    def remember_file_keys(self, entries: list[tuple[str, str, str]]) -> None:
+        """Remember ``(absolute path, stat, content key)`` of files just read (see
+        :meth:`file_keys`); nothing is lost but the hint if that cannot be written."""
+        if not self.enabled or self.read_only or not entries:
+            return
+        try:
+            self._reconnect_if_replaced()
+            conn = self._connect()
+            with _Transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO files (path, stat, key) VALUES (?, ?, ?)",
+                    [(os.fsencode(path), stat, key) for path, stat, key in entries],
+                )
+        except (OSError, sqlite3.Error):  # a full disk, a lock held past the timeout
+            pass
 
     def put(self, fingerprint: str, keys: list[str], vectors: np.ndarray) -> None:
         """Store ``vectors[i]`` under ``keys[i]``: one shard file, one transaction.

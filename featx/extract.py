@@ -39,6 +39,7 @@ from featx._pipeline import (
     content_key,
     decode_files,
     extraction_spec,
+    file_key,
     fingerprint,
     progress,
     quote,
@@ -55,6 +56,9 @@ from featx.images import DECODERS, RESIZE_POLICIES, WHITE, DecodeError
 from featx.images import to_rgb as _pil_to_rgb
 from featx.sources import ImageSet, resolve_source
 
+# Inputs keyed per task of the worker threads (one task per file cost more than the stat
+# of a remembered file).
+_KEY_CHUNK = 32
 #: Where :class:`Extractor` decodes images (its ``decode_in``).
 DECODE_IN = ("auto", "threads", "processes")
 # "auto" decodes in processes from this many CPUs and files to decode: below them the
@@ -417,20 +421,43 @@ class Extractor:
     # -- step 2: content keys -----------------------------------------------------------------
 
     def _content_keys(self, images: ImageSet, on_error: str) -> tuple[list, list]:
-        def key_of(i: int) -> tuple[str | None, str | None]:
-            try:
-                return content_key(self._read(images, i)), None
-            except DecodeError as exc:
-                return None, exc.reason
+        """Every input's content key (None for one that cannot be read) and the failures.
 
-        keys, failed = [], []
+        Inputs are keyed in chunks on the worker threads. A file whose stat the cache
+        remembers with its key is not read again (:func:`featx._pipeline.file_key`); the
+        keys of the files read are remembered for the next run.
+        """
+        files = {i: os.path.abspath(x) for i, x in enumerate(images.inputs) if isinstance(x, str)}
+        known = self.cache.file_keys(sorted(set(files.values())))
+
+        def keys_of(chunk: range) -> list[tuple[str | None, str | None, tuple | None]]:
+            out: list[tuple[str | None, str | None, tuple | None]] = []
+            for i in chunk:
+                try:
+                    if i in files:
+                        key, learned = file_key(images.inputs[i], files[i], known)
+                    else:
+                        key, learned = content_key(self._read(images, i)), None
+                    out.append((key, None, learned))
+                except DecodeError as exc:
+                    out.append((None, exc.reason, None))
+            return out
+
+        n = len(images)
+        chunks = [range(s, min(s + _KEY_CHUNK, n)) for s in range(0, n, _KEY_CHUNK)]
+        keys, failed, remember = [], [], []
         with ThreadPoolExecutor(self.workers) as pool:
-            for i, (key, reason) in enumerate(bounded_map(pool, key_of, range(len(images)))):
-                if reason is not None:
-                    if on_error == "raise":
-                        raise DecodeError(quote(images.names[i]), reason)
-                    failed.append((images.names[i], reason))
-                keys.append(key)
+            for chunk, results in zip(chunks, bounded_map(pool, keys_of, chunks), strict=True):
+                for i, (key, reason, learned) in zip(chunk, results, strict=True):
+                    if reason is not None:
+                        if on_error == "raise":
+                            self.cache.remember_file_keys(remember)
+                            raise DecodeError(quote(images.names[i]), reason)
+                        failed.append((images.names[i], reason))
+                    if learned is not None:
+                        remember.append(learned)
+                    keys.append(key)
+        self.cache.remember_file_keys(remember)
         return keys, failed
 
     def _read(self, images: ImageSet, i: int) -> bytes | np.ndarray:

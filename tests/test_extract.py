@@ -7,7 +7,9 @@ The cache's own contract (kills, concurrent writers, disk faults, verify) is in
 
 from __future__ import annotations
 
+import os
 import shutil
+import sqlite3
 import warnings
 from pathlib import Path
 
@@ -15,7 +17,10 @@ import numpy as np
 import pytest
 from conftest import SUMMARY_FIELDS, CountingBackbone, random_image
 
+import featx._pipeline
 from featx import Embeddings, Extractor
+from featx._pipeline import content_key
+from featx.cache import EmbeddingCache
 
 
 def _extractor(backbone, cache_dir, **params) -> Extractor:
@@ -249,3 +254,147 @@ def test_weights_replaced_after_the_extractor_is_built_are_not_cached_stale(smal
     shutil.copy(original, path)  # the original weights again: their vectors must be served
     expected = _keras(path, None).extract(small_images).X
     np.testing.assert_array_equal(_keras(path, tmp_path / "c").extract(small_images).X, expected)
+
+
+# -- the cache remembers each file's stat and content key ---------------------------------
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Files written a moment ago count as settled (they are remembered at once)."""
+    monkeypatch.setattr(featx._pipeline, "SETTLE_NS", 0)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The files read to compute a content key (the decoder's reads are not counted)."""
+    seen: list[str] = []
+    original = featx._pipeline.read_file
+
+    def counting(path: str) -> bytes:
+        seen.append(path)
+        return original(path)
+
+    monkeypatch.setattr(featx._pipeline, "read_file", counting)
+    return seen
+
+
+def _bmp_folder(root: Path) -> list[Path]:
+    """Two classes of BMP files: bytes can be changed without changing the size."""
+    paths = []
+    for c, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            paths.append(root / name / f"{i}.bmp")
+            random_image(100 * c + i).save(paths[-1])
+    return paths
+
+
+def test_a_warm_run_reads_no_file_whose_stat_is_unchanged(image_folder, tmp_path, settled, reads):
+    backbone = CountingBackbone()
+    first = _extractor(backbone, tmp_path / "c").extract(image_folder)
+    assert len(reads) == 12
+    reads.clear()
+    second = _extractor(backbone, tmp_path / "c").extract(image_folder)
+    assert reads == []
+    assert (second.cache_misses, second.cache_hits) == (0, 12)
+    np.testing.assert_array_equal(first.X, second.X)
+
+
+def _rewrite_in_place(target: Path, other: Path) -> None:
+    """New bytes, same size, same inode, modification time put back: only ctime moves."""
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-30:] = other.read_bytes()[-30:]
+    with open(target, "r+b") as f:
+        f.write(data)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_ino == st.st_ino
+
+
+def _replace_keeping_times(target: Path, other: Path) -> None:
+    """Another file of the same size and modification time renamed over it: a new inode."""
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-30:] = other.read_bytes()[-30:]
+    new = target.with_suffix(".tmp")
+    new.write_bytes(bytes(data))
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, target)
+
+
+def _retarget_link(target: Path, other: Path) -> None:
+    """``target`` becomes a link to a changed copy of what it was (the path stays)."""
+    data = bytearray(target.read_bytes())
+    data[-30:] = other.read_bytes()[-30:]
+    copy = target.parent.parent.parent / "elsewhere.bmp"
+    copy.write_bytes(bytes(data))
+    target.unlink()
+    target.symlink_to(copy)
+
+
+@pytest.mark.parametrize("change", [_rewrite_in_place, _replace_keeping_times, _retarget_link])
+def test_a_changed_file_is_read_and_embedded_again(tmp_path, settled, reads, change):
+    paths = _bmp_folder(tmp_path / "images")
+    backbone = CountingBackbone()
+    before = _extractor(backbone, tmp_path / "c").extract(tmp_path / "images")
+    change(paths[0], paths[4])
+    reads.clear()
+    after = _extractor(backbone, tmp_path / "c").extract(tmp_path / "images")
+    assert reads == [str(paths[0])]
+    assert (after.cache_misses, after.cache_hits) == (1, 5)
+    fresh = _extractor(CountingBackbone(), None).extract(tmp_path / "images")
+    np.testing.assert_array_equal(after.X, fresh.X)
+    assert not np.array_equal(before.X[0], after.X[0])
+
+
+def test_a_file_changed_within_the_settling_time_is_not_remembered(tmp_path, reads):
+    paths = _bmp_folder(tmp_path / "images")
+    _extractor(CountingBackbone(), tmp_path / "c").extract(tmp_path / "images")
+    absolute = [os.path.abspath(p) for p in paths]
+    assert EmbeddingCache(tmp_path / "c").file_keys(absolute) == {}
+    reads.clear()
+    _extractor(CountingBackbone(), tmp_path / "c").extract(tmp_path / "images")
+    assert len(reads) == 6  # read again: written less than 2 s ago
+
+
+def test_remembered_keys_are_the_content_keys(tmp_path, settled):
+    paths = _bmp_folder(tmp_path / "images")
+    _extractor(CountingBackbone(), tmp_path / "c").extract(tmp_path / "images")
+    known = EmbeddingCache(tmp_path / "c").file_keys([os.path.abspath(p) for p in paths])
+    assert sorted(known) == sorted(os.path.abspath(p) for p in paths)
+    for p in paths:
+        assert known[os.path.abspath(p)][1] == content_key(p.read_bytes())
+
+
+def test_an_index_without_remembered_files_still_serves_every_vector(tmp_path, settled, reads):
+    """An index written before featx remembered files (no ``files`` table): the hint is
+    missing, nothing else; opening it for writing adds the table again."""
+    backbone = CountingBackbone()
+    _bmp_folder(tmp_path / "images")
+    first = _extractor(backbone, tmp_path / "c").extract(tmp_path / "images")
+    index = next((tmp_path / "c").glob("featx-v*/index.sqlite"))
+    with sqlite3.connect(index) as conn:
+        conn.execute("DROP TABLE files")
+    cache = EmbeddingCache(tmp_path / "c")
+    assert cache.file_keys([str(tmp_path / "images" / "cat" / "0.bmp")]) == {}
+    reads.clear()
+    second = _extractor(backbone, tmp_path / "c").extract(tmp_path / "images")
+    assert len(reads) == 6 and second.cache_hits == 6
+    np.testing.assert_array_equal(first.X, second.X)
+    reads.clear()
+    _extractor(backbone, tmp_path / "c").extract(tmp_path / "images")
+    assert reads == []
+
+
+def test_a_file_name_that_is_not_utf8_is_remembered(tmp_path, settled, reads):
+    (tmp_path / "photos").mkdir()
+    raw = os.path.join(os.fsencode(tmp_path / "photos"), b"bad_\xff.bmp")
+    random_image(3).save(tmp_path / "photos" / "good.bmp")
+    random_image(4).save(os.fsdecode(raw), format="BMP")  # a str with a surrogate escape
+    first = _extractor(CountingBackbone(), tmp_path / "c").extract(tmp_path / "photos")
+    assert first.failed == [] and len(reads) == 2
+    reads.clear()
+    second = _extractor(CountingBackbone(), tmp_path / "c").extract(tmp_path / "photos")
+    assert reads == [] and second.cache_hits == 2
+    np.testing.assert_array_equal(first.X, second.X)
