@@ -59,6 +59,7 @@ from featx.sources import ImageSet, resolve_source
 # Inputs keyed per task of the worker threads (one task per file cost more than the stat
 # of a remembered file).
 _KEY_CHUNK = 32
+_REMEMBER_EVERY = 10_000  # files' stats and keys written to the cache per transaction
 #: Where :class:`Extractor` decodes images (its ``decode_in``).
 DECODE_IN = ("auto", "threads", "processes")
 # "auto" decodes in processes from this many CPUs and files to decode: below them the
@@ -457,6 +458,9 @@ class Extractor:
                     if learned is not None:
                         remember.append(learned)
                     keys.append(key)
+                if len(remember) >= _REMEMBER_EVERY:  # memory stays bounded on huge sets
+                    self.cache.remember_file_keys(remember)
+                    remember = []
         self.cache.remember_file_keys(remember)
         return keys, failed
 

@@ -18,6 +18,7 @@ import pytest
 from conftest import SUMMARY_FIELDS, CountingBackbone, random_image
 
 import featx._pipeline
+import featx.extract
 from featx import Embeddings, Extractor
 from featx._pipeline import content_key
 from featx.cache import EmbeddingCache
@@ -398,3 +399,21 @@ def test_a_file_name_that_is_not_utf8_is_remembered(tmp_path, settled, reads):
     second = _extractor(CountingBackbone(), tmp_path / "c").extract(tmp_path / "photos")
     assert reads == [] and second.cache_hits == 2
     np.testing.assert_array_equal(first.X, second.X)
+
+
+def test_files_are_remembered_in_several_transactions(tmp_path, settled, reads, monkeypatch):
+    monkeypatch.setattr(featx.extract, "_REMEMBER_EVERY", 2)
+    monkeypatch.setattr(featx.extract, "_KEY_CHUNK", 2)
+    paths = _bmp_folder(tmp_path / "images")
+    written: list[int] = []
+    original = EmbeddingCache.remember_file_keys
+
+    def counting(self, entries):
+        written.append(len(entries))
+        original(self, entries)
+
+    monkeypatch.setattr(EmbeddingCache, "remember_file_keys", counting)
+    _extractor(CountingBackbone(), tmp_path / "c").extract(tmp_path / "images")
+    assert sum(written) == 6 and max(written) < 6
+    known = EmbeddingCache(tmp_path / "c").file_keys([os.path.abspath(p) for p in paths])
+    assert len(known) == 6
