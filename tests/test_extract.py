@@ -302,11 +302,17 @@ def test_a_warm_run_reads_no_file_whose_stat_is_unchanged(image_folder, tmp_path
     np.testing.assert_array_equal(first.X, second.X)
 
 
+def _changed_bytes(target: Path, other: Path) -> bytes:
+    """``target``'s bytes with its last 30 (pixels) taken from ``other``: same size."""
+    data = bytearray(target.read_bytes())
+    data[-30:] = other.read_bytes()[-30:]
+    return bytes(data)
+
+
 def _rewrite_in_place(target: Path, other: Path) -> None:
     """New bytes, same size, same inode, modification time put back: only ctime moves."""
     st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[-30:] = other.read_bytes()[-30:]
+    data = _changed_bytes(target, other)
     with open(target, "r+b") as f:
         f.write(data)
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -316,20 +322,18 @@ def _rewrite_in_place(target: Path, other: Path) -> None:
 def _replace_keeping_times(target: Path, other: Path) -> None:
     """Another file of the same size and modification time renamed over it: a new inode."""
     st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[-30:] = other.read_bytes()[-30:]
+    data = _changed_bytes(target, other)
     new = target.with_suffix(".tmp")
-    new.write_bytes(bytes(data))
+    new.write_bytes(data)
     os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(new, target)
 
 
 def _retarget_link(target: Path, other: Path) -> None:
     """``target`` becomes a link to a changed copy of what it was (the path stays)."""
-    data = bytearray(target.read_bytes())
-    data[-30:] = other.read_bytes()[-30:]
+    data = _changed_bytes(target, other)
     copy = target.parent.parent.parent / "elsewhere.bmp"
-    copy.write_bytes(bytes(data))
+    copy.write_bytes(data)
     target.unlink()
     target.symlink_to(copy)
 
